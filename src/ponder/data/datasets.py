@@ -1,0 +1,87 @@
+"""Prompt sources: the embedded generator, JSONL, Parquet, or a local Hugging Face `datasets` directory.
+
+Every row needs `prompt` and `answer`; `reward` (a reward name for that row) and `metadata` are optional. A bad row is
+reported with its file and index. No network.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from ponder.data.tasks import ArithmeticTask, generate_problems
+from ponder.platform.config import TaskConfig
+from ponder.types import Problem
+
+EMBEDDED = "embedded:arithmetic"
+
+
+class DatasetError(ValueError):
+    """A dataset the user must fix; names the file and the row."""
+
+
+def load_problems(source: str, split: str, task: TaskConfig) -> list[Problem]:
+    """`split` is "train" or "eval"; only the embedded generator uses it (file sources are one split each)."""
+    if source == EMBEDDED:
+        return embedded_split(split, task)
+    path = Path(source)
+    if not path.exists():
+        raise DatasetError(f"dataset {source!r} not found; give a .jsonl/.parquet file, a saved HF dataset "
+                           f"directory, or {EMBEDDED!r}")
+    if path.is_dir():
+        rows = _hf_rows(path)
+    elif path.suffix == ".jsonl":
+        rows = _jsonl_rows(path)
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    else:
+        raise DatasetError(f"dataset {source!r}: unknown format {path.suffix!r}; use .jsonl, .parquet or a directory")
+    problems = [_to_problem(row, source, i) for i, row in enumerate(rows)]
+    if not problems:
+        raise DatasetError(f"dataset {source!r} has no rows")
+    return problems
+
+
+def embedded_split(split: str, task: TaskConfig) -> list[Problem]:
+    """Fixed-seed, disjoint held-out and train splits of the arithmetic task."""
+    gen = ArithmeticTask(task.min_digits, task.max_digits, task.ops)
+    held_out = generate_problems(task.num_eval, task.seed + 1, gen)
+    if split == "eval":
+        return held_out
+    return generate_problems(task.num_train, task.seed, gen, exclude=frozenset(p.prompt for p in held_out))
+
+
+def _jsonl_rows(path: Path) -> Iterable[dict[str, Any]]:
+    rows = []
+    with path.open() as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}: line {i + 1} is not valid JSON ({e.msg})") from None
+    return rows
+
+
+def _hf_rows(path: Path) -> Iterable[dict[str, Any]]:
+    import datasets
+
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        raise DatasetError(f"{path} holds splits {list(loaded)}; point at one split's directory, e.g. {path}/train")
+    return loaded.to_list()
+
+
+def _to_problem(row: Any, source: str, index: int) -> Problem:
+    if not isinstance(row, dict):
+        raise DatasetError(f"{source}: row {index} is not an object")
+    missing = [k for k in ("prompt", "answer") if row.get(k) in (None, "")]
+    if missing:
+        raise DatasetError(f"{source}: row {index} is missing required field(s) {missing}; every row needs "
+                           "'prompt' and 'answer'")
+    return Problem(prompt=str(row["prompt"]), answer=str(row["answer"]), solution=row.get("solution"),
+                   reward=row.get("reward"), metadata=dict(row.get("metadata") or {}))

@@ -1,0 +1,55 @@
+"""Prompt batches for the driver: a seeded, epoch-shuffled stream of problems turned into rollout requests."""
+
+from __future__ import annotations
+
+import random
+
+from ponder.data.template import render_prompt
+from ponder.seeding import derive_seed
+from ponder.types import Problem, RolloutRequest
+
+
+def make_requests(problems: list[Problem], template: str, seed: int, step: int, first_group: int = 0
+                  ) -> list[RolloutRequest]:
+    """One request per problem; group ids count up from `first_group`; seeds derive from (seed, step, prompt)."""
+    return [RolloutRequest(group_id=first_group + i, problem=p, prompt_text=render_prompt(p.prompt, template),
+                           seed=derive_seed(seed, step, i)) for i, p in enumerate(problems)]
+
+
+class PromptStream:
+    """`next()` gives the next `batch_size` problems; each epoch is a fresh shuffle from (seed, epoch)."""
+
+    def __init__(self, problems: list[Problem], batch_size: int, seed: int):
+        if batch_size > len(problems):
+            raise ValueError(f"batch of {batch_size} prompts asked from a dataset of {len(problems)}")
+        self.problems, self.batch_size, self.seed = problems, batch_size, seed
+        self.epoch, self.position = 0, 0
+        self._order = self._shuffled(0)
+
+    def _shuffled(self, epoch: int) -> list[int]:
+        order = list(range(len(self.problems)))
+        random.Random(derive_seed(self.seed, epoch)).shuffle(order)
+        return order
+
+    def next(self) -> list[Problem]:
+        if self.position + self.batch_size > len(self._order):
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._shuffled(self.epoch)
+        batch = self._order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return [self.problems[i] for i in batch]
+
+
+def split_even(items: list, parts: int) -> list[list]:
+    """Consecutive, near-equal parts.
+
+    >>> split_even([1, 2, 3, 4, 5], 2)
+    [[1, 2, 3], [4, 5]]
+    """
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out

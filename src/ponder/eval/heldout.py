@@ -1,0 +1,40 @@
+"""Held-out evaluation on running rollout and reward actors: greedy pass@1, sampled pass@k and maj@k.
+
+Used by the driver between training steps (with the current policy) and by `ponder eval` (with a saved model).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import ray
+
+from ponder.actors.rollout import Sampling
+from ponder.data.stream import make_requests, split_even
+from ponder.eval.metrics import majority_correct, pass_at_k
+from ponder.rewards.extract import last_boxed
+from ponder.types import Problem, Trajectory
+
+
+def rollout_and_score(rollouts: list, rewards: list, problems: list[Problem], template: str, sampling: Sampling,
+                      seed: int) -> list[Trajectory]:
+    requests = make_requests(problems, template, seed, step=-1)
+    generated = [w.generate.remote(shard, sampling) for w, shard in zip(rollouts, split_even(requests, len(rollouts)))]
+    scored = [rewards[i % len(rewards)].score.options(num_returns=2).remote(ref)[0] for i, ref in enumerate(generated)]
+    return [t for batch in ray.get(scored) for t in batch]
+
+
+def heldout_metrics(trajectories: list[Trajectory], prefix: str = "eval") -> dict[str, float]:
+    """Accuracy and mean reward; with several samples per prompt also pass@k and maj@k (k = samples per prompt)."""
+    groups: dict[int, list[Trajectory]] = defaultdict(list)
+    for t in trajectories:
+        groups[t.group_id].append(t)
+    k = min(len(g) for g in groups.values())
+    out = {f"{prefix}/accuracy": sum(t.correct for t in trajectories) / len(trajectories),
+           f"{prefix}/reward_mean": sum(t.reward for t in trajectories) / len(trajectories)}
+    if k > 1:
+        out[f"{prefix}/pass@{k}"] = sum(pass_at_k(len(g), sum(t.correct for t in g), k)
+                                        for g in groups.values()) / len(groups)
+        out[f"{prefix}/maj@{k}"] = sum(majority_correct([last_boxed(t.response_text) for t in g],
+                                                        [t.correct for t in g]) for g in groups.values()) / len(groups)
+    return out

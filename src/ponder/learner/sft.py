@@ -1,0 +1,67 @@
+"""Supervised warm start on worked solutions, so that RL begins from non-zero accuracy.
+
+Plain PyTorch in one process: a small model and a few hundred steps do not need the distributed learner. Trains on
+the completion tokens only (prompt tokens are context). Cached: an output directory holding a model built from the
+same settings and the same initial model is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+from ponder.data.datasets import embedded_split
+from ponder.data.template import render_completion, render_prompt
+from ponder.platform.config import SftConfig, TaskConfig
+
+
+def run_sft(cfg: SftConfig, task: TaskConfig, template: str, progress: bool = True) -> Path:
+    out = Path(cfg.out_dir)
+    stamp = out / "ponder_sft.json"
+    settings = {"sft": asdict(cfg), "task": asdict(task), "template": template}
+    if stamp.is_file() and json.loads(stamp.read_text()) == settings:
+        return out
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.init_dir)
+    model = AutoModelForCausalLM.from_pretrained(cfg.init_dir, dtype=torch.float32)
+    examples = [(render_prompt(p.prompt, template), render_completion(p.solution, p.answer))
+                for p in embedded_split("train", task)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
+    rng = random.Random(cfg.seed)
+    bar = tqdm(range(cfg.steps), desc="sft", unit="step", disable=not progress)
+    for _ in bar:
+        ids, labels = _batch(tokenizer, rng.sample(examples, cfg.batch_size))
+        loss = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(), labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    stamp.write_text(json.dumps(settings))
+    return out
+
+
+def _batch(tokenizer, pairs: list[tuple[str, str]]):
+    import torch
+
+    rows = [(tokenizer(p, add_special_tokens=False)["input_ids"],
+             tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]) for p, c in pairs]
+    width = max(len(p) + len(c) for p, c in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (p, c) in enumerate(rows):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        labels[i, len(p) : len(p) + len(c)] = torch.tensor(c)
+    return ids, labels

@@ -1,0 +1,177 @@
+"""The learner: one DeepSpeed data-parallel rank training the policy with GRPO.
+
+Receives scored trajectory batches (Ray resolves the ObjectRefs it is handed; the driver never holds them), computes
+group-relative advantages, recomputes logprobs under the current policy (reporting their mismatch with the engine's
+behaviour logprobs), and steps the ZeRO optimizer over mini-batches with micro-batch gradient accumulation. Rank 0
+publishes the full weights through `transport.weights` after each step. A plain class; Ray is applied in
+`platform/cluster.py`. Talks to: transport (weights out), types (trajectories in). Never imports the actors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from ponder.learner.advantages import grpo_advantages
+from ponder.learner.batching import Packed, chunks, pack, shard_groups
+from ponder.learner.losses import clipped_surrogate, entropy, kl_penalty, masked_sum, token_logprobs
+from ponder.platform.config import AlgoConfig, LearnerConfig
+from ponder.transport.weights import ShmWeightSender
+from ponder.types import Trajectory, WeightsVersion
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class LearnerWorker:
+    def __init__(self, model_path: str, dtype: str, cfg: LearnerConfig, algo: AlgoConfig, *, rank: int,
+                 master_port: int, samples_per_step: int, temperature: float, weights_dir: str, seed: int):
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(master_port), RANK=str(rank),
+                          WORLD_SIZE=str(cfg.num_ranks), LOCAL_RANK="0")
+        torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(seed + rank)
+        import deepspeed
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg, self.algo, self.rank, self.temperature = cfg, algo, rank, temperature
+        self.on_gpu = torch.cuda.is_available()
+        deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[dtype])
+        samples_per_minibatch = samples_per_step // cfg.num_ranks // cfg.num_minibatches
+        self.grad_accum = math.ceil(samples_per_minibatch / cfg.micro_batch_size)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                      weight_decay=cfg.weight_decay)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+            "gradient_accumulation_steps": self.grad_accum,
+            "gradient_clipping": cfg.grad_clip,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": dtype == "bfloat16"},
+            "fp16": {"enabled": dtype == "float16"},
+            "steps_per_print": 1 << 30,
+        }
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        self.reference = None
+        if algo.kl_coef > 0:
+            self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[dtype]).eval()
+            self.reference.requires_grad_(False)
+            self.reference.to(self.engine.device)
+        self.sender = ShmWeightSender(weights_dir) if rank == 0 else None
+
+    # -- training ---------------------------------------------------------------------------------------------------
+    def train(self, *batches: list[Trajectory]) -> dict[str, float]:
+        everything = [t for batch in batches for t in batch]
+        mine = shard_groups(everything, self.cfg.num_ranks, self.rank)
+        advantages = self._advantages(mine)
+        metrics: dict[str, list[float]] = {}
+        groups = sorted({t.group_id for t in mine})
+        for mb_groups in chunks(groups, len(groups) // self.cfg.num_minibatches):
+            selected = set(mb_groups)
+            index = [i for i, t in enumerate(mine) if t.group_id in selected]
+            micro = [pack([mine[i] for i in part], advantages[part], self.tokenizer.pad_token_id)
+                     for part in chunks(index, self.cfg.micro_batch_size)]
+            self._minibatch_step(micro, metrics, reuse_logprobs=self.cfg.num_minibatches == 1)
+        out = {k: sum(v) / len(v) for k, v in metrics.items()}
+        out.update(grad_norm=float(self.engine.get_global_grad_norm() or 0.0), **rollout_stats(everything))
+        return out
+
+    def _advantages(self, trajectories: list[Trajectory]) -> torch.Tensor:
+        """Group-normalised; masked samples (reward infrastructure failed) get 0 and stay out of group stats."""
+        keep = [i for i, t in enumerate(trajectories) if not t.masked]
+        advantages = torch.zeros(len(trajectories))
+        if keep:
+            rewards = torch.tensor([trajectories[i].reward for i in keep], dtype=torch.float32)
+            gids = torch.tensor([trajectories[i].group_id for i in keep])
+            advantages[keep] = grpo_advantages(rewards, gids, self.algo.norm_adv_by_std)
+        return advantages
+
+    def _minibatch_step(self, micro: list[Packed], metrics: dict[str, list[float]], reuse_logprobs: bool) -> None:
+        """One optimizer step over `micro`. With a single mini-batch per step the policy has not moved since
+        generation, so the "old" logprobs are this forward's own, detached; otherwise they are computed first."""
+        normaliser = float(sum(p.response_mask.sum() for p in micro).clamp(min=1))
+        old = None if reuse_logprobs else [self._logprobs(p, grad=False)[0] for p in micro]
+        for i, p in enumerate(micro):
+            logp, logits = self._logprobs(p, grad=True)
+            old_logp = logp.detach() if old is None else old[i]
+            mask = p.response_mask.to(logp.device)
+            loss, stats = clipped_surrogate(logp, old_logp, p.advantages.to(logp.device), mask,
+                                            self.algo.clip_low, self.algo.clip_high, normaliser)
+            ent = entropy(logits)
+            if self.algo.entropy_coef:
+                loss = loss - self.algo.entropy_coef * masked_sum(ent, mask) / normaliser
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref_logits = self.reference(input_ids=p.input_ids.to(logp.device),
+                                                attention_mask=p.attention_mask.to(logp.device)).logits[:, :-1]
+                    ref_logp = token_logprobs(ref_logits / self.temperature, p.targets.to(logp.device))
+                kl = kl_penalty(logp, ref_logp, self.algo.kl_estimator)
+                loss = loss + self.algo.kl_coef * masked_sum(kl, mask) / normaliser
+                stats["kl"] = float(masked_sum(kl.detach(), mask) / mask.sum().clamp(min=1))
+            self.engine.backward(loss, scale_wrt_gas=False)
+            self.engine.step()
+            n = mask.sum().clamp(min=1)
+            stats.update(loss=float(loss.detach()), entropy=float(masked_sum(ent.detach(), mask) / n),
+                         logprob_mismatch=float(masked_sum((logp.detach() - p.behaviour_logprobs.to(logp.device))
+                                                           .abs(), mask) / n))
+            for k, v in stats.items():
+                metrics.setdefault(f"train/{k}", []).append(v)
+
+    def _logprobs(self, p: Packed, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.engine.device
+        with torch.set_grad_enabled(grad):
+            logits = self.engine(input_ids=p.input_ids.to(device), attention_mask=p.attention_mask.to(device)).logits
+            logits = logits[:, :-1] / self.temperature
+            return token_logprobs(logits, p.targets.to(device)), logits
+
+    def forward_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
+        """The current policy's logprobs of `response_ids` after `prompt_ids` (for checking the engine's weights)."""
+        traj = Trajectory(0, 0, None, prompt_ids, response_ids, "", [0.0] * len(response_ids), "", 0)  # type: ignore
+        p = pack([traj], torch.zeros(1), self.tokenizer.pad_token_id)
+        logp, _ = self._logprobs(p, grad=False)
+        return logp[0][p.response_mask[0].bool()].tolist()
+
+    # -- weights out --------------------------------------------------------------------------------------------------
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full weights on rank 0 (gathered across ranks under ZeRO-3); None on other ranks. Collective."""
+        import deepspeed
+
+        params = list(self.engine.module.parameters())
+        enabled = self.cfg.zero_stage == 3
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=enabled):
+            if self.rank != 0:
+                return None
+            return {k: v.detach().to("cpu", copy=True) for k, v in self.engine.module.state_dict().items()}
+
+    def publish_weights(self, version: int) -> WeightsVersion | None:
+        state = self.full_state_dict()
+        return self.sender.publish(state, version) if self.sender is not None else None
+
+    def save_hf(self, out_dir: str) -> str | None:
+        state = self.full_state_dict()
+        if state is None:
+            return None
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        self.engine.module.save_pretrained(out_dir, state_dict=state)
+        self.tokenizer.save_pretrained(out_dir)
+        return out_dir
+
+    def close(self) -> None:
+        if self.sender is not None:
+            self.sender.close()
+
+
+def rollout_stats(trajectories: list[Trajectory]) -> dict[str, float]:
+    """Reward, accuracy and length statistics of one step's samples."""
+    rewards = torch.tensor([t.reward for t in trajectories])
+    lengths = torch.tensor([len(t.response_ids) for t in trajectories], dtype=torch.float32)
+    return {
+        "rollout/reward_mean": float(rewards.mean()), "rollout/reward_std": float(rewards.std(unbiased=False)),
+        "rollout/accuracy": sum(t.correct for t in trajectories) / len(trajectories),
+        "rollout/response_len_mean": float(lengths.mean()), "rollout/response_len_max": float(lengths.max()),
+        "rollout/truncated_frac": sum(t.finish_reason == "length" for t in trajectories) / len(trajectories),
+        "rollout/tokens": float(lengths.sum()),
+    }

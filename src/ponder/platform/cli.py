@@ -1,0 +1,162 @@
+"""`ponder` command line: train, eval, sft, init-model, submit, config show.
+
+Positional arguments that contain `=` are config overrides (`trainer.steps=10`); the others are YAML files, merged
+in order over the schema defaults. Everything is validated before Ray or any engine starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ponder.platform.config import ConfigError, PonderConfig, load_config, to_yaml
+
+EXAMPLES = {
+    "train": "ponder train configs/default.yaml trainer.steps=20 rollout.samples_per_prompt=8",
+    "eval": "ponder eval outputs/run/final_model configs/default.yaml eval.k=8",
+    "sft": "ponder sft configs/default.yaml sft.steps=200",
+    "init-model": "ponder init-model configs/default.yaml tiny_model.num_layers=2",
+    "submit": "ponder submit --address http://127.0.0.1:8265 configs/default.yaml trainer.steps=50 --follow",
+    "config": "ponder config show configs/default.yaml rollout.samples_per_prompt=4",
+}
+
+
+class UsageError(Exception):
+    """Bad input the user must fix; printed without a traceback."""
+
+
+def split_args(items: list[str]) -> tuple[list[str], list[str]]:
+    """Config files and key=value overrides, each in the order given.
+
+    >>> split_args(["a.yaml", "x.y=1"])
+    (['a.yaml'], ['x.y=1'])
+    """
+    return [i for i in items if "=" not in i], [i for i in items if "=" in i]
+
+
+def _config(args) -> PonderConfig:
+    files, overrides = split_args(args.items)
+    return load_config(files, overrides)
+
+
+def preflight(cfg: PonderConfig, model_path: str) -> None:
+    """Checks that need the filesystem: model, datasets, reward names. Runs before Ray starts."""
+    from ponder.data.datasets import load_problems
+    from ponder.rewards.registry import resolve
+
+    if not (Path(model_path) / "config.json").is_file() and not model_path.startswith(("s3://", "hf://")):
+        raise UsageError(f"model {model_path!r} not found (no config.json); build the embedded one with "
+                         "`ponder init-model` and `ponder sft`, or set model.path to a Hugging Face model directory")
+    for spec in cfg.reward.functions:
+        try:
+            resolve(spec.name)
+        except ValueError as e:
+            raise UsageError(f"reward.functions: {e}") from None
+    load_problems(cfg.data.train, "train", cfg.data.task)
+    load_problems(cfg.data.eval, "eval", cfg.data.task)
+
+
+def cmd_train(args) -> None:
+    cfg = _config(args)
+    preflight(cfg, cfg.model.path)
+    from ponder.platform.driver import train
+
+    result = train(cfg)
+    first, last = result.evals[min(result.evals)], result.evals[max(result.evals)]
+    print(f"\nheld-out accuracy: {first['eval/accuracy']:.3f} (start) -> {last['eval/accuracy']:.3f} "
+          f"(step {max(result.evals)})")
+    print(f"MLflow run: {result.run_id}  (tracking uri {cfg.tracking.uri}; `mlflow ui --backend-store-uri "
+          f"{cfg.tracking.uri}`)")
+    print(f"outputs: {result.output_dir}/final_model, {result.output_dir}/curves.png")
+
+
+def cmd_eval(args) -> None:
+    cfg = _config(args)
+    preflight(cfg, args.model_dir)
+    from ponder.eval.run import evaluate_model
+
+    metrics = evaluate_model(args.model_dir, cfg)
+    width = max(map(len, metrics))
+    for k, v in metrics.items():
+        print(f"{k:<{width}}  {v:.4f}")
+
+
+def cmd_sft(args) -> None:
+    cfg = _config(args)
+    from ponder.learner.sft import run_sft
+
+    print(f"SFT warm start written to {run_sft(cfg.sft, cfg.data.task, cfg.data.template)}")
+
+
+def cmd_init_model(args) -> None:
+    cfg = _config(args)
+    from ponder.data.tiny_model import build_tiny_model
+
+    print(f"tiny model written to {build_tiny_model(cfg.tiny_model)}")
+
+
+def cmd_submit(args) -> None:
+    cfg = _config(args)  # validate locally first: a typo should not cost a cluster round trip
+    from ponder.platform.jobs import submit
+
+    submit(args.address, args.items, working_dir=args.working_dir, follow=args.follow,
+           pip=args.pip, job_id=args.job_id, cfg=cfg)
+
+
+def cmd_config(args) -> None:
+    print(to_yaml(_config(args)), end="")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ponder", description="RL post-training for reasoning models.",
+                                     epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {EXAMPLES[name]}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(fn=fn)
+        return p
+
+    items_help = "YAML config files and key=value overrides, applied in order over the schema defaults"
+    add("train", cmd_train, "Train a policy with GRPO on Ray (vLLM rollouts, DeepSpeed learner).") \
+        .add_argument("items", nargs="*", help=items_help)
+    p = add("eval", cmd_eval, "Held-out accuracy of a saved model: greedy pass@1, sampled pass@k and maj@k.")
+    p.add_argument("model_dir", help="a Hugging Face-format model directory")
+    p.add_argument("items", nargs="*", help=items_help)
+    add("sft", cmd_sft, "Warm-start the tiny model on worked solutions (cached).") \
+        .add_argument("items", nargs="*", help=items_help)
+    add("init-model", cmd_init_model, "Build the tiny Qwen2 model and tokenizer offline (cached).") \
+        .add_argument("items", nargs="*", help=items_help)
+    p = add("submit", cmd_submit, "Submit `ponder train` to a Ray cluster through the Ray Jobs API.")
+    p.add_argument("items", nargs="*", help=items_help)
+    p.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://127.0.0.1:8265")
+    p.add_argument("--working-dir", default=".", help="directory shipped to the cluster (default: .)")
+    p.add_argument("--pip", nargs="*", default=None, help="extra pip packages for the job's runtime environment")
+    p.add_argument("--job-id", default=None, help="submission id (default: generated)")
+    p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+    p = add("config", cmd_config, "Print the resolved configuration as YAML.")
+    p.add_argument("action", choices=["show"])
+    p.add_argument("items", nargs="*", help=items_help)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ponder.data.datasets import DatasetError
+
+    try:
+        args.fn(args)
+    except (ConfigError, DatasetError, UsageError) as e:
+        print(f"ponder {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nponder {args.command}: interrupted; actors stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Placement: the only place Ray actors are created (ray.remote is applied here, at the edge).
+
+Rollout, reward and learner pools are sized independently from their own sub-configs. On a 2-core machine actors
+take fractional `num_cpus`; the synchronous loop runs one stage at a time, so each stage gets the cores while it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import ray
+
+from ponder.actors.reward import RewardWorker
+from ponder.actors.rollout import RolloutWorker
+from ponder.learner.worker import LearnerWorker
+from ponder.platform.config import PonderConfig
+
+
+class Cluster:
+    def __init__(self, cfg: PonderConfig):
+        self.cfg = cfg
+        joining = cfg.cluster.address is not None or "RAY_ADDRESS" in os.environ
+        if not ray.is_initialized():
+            ray.init(address=cfg.cluster.address, num_cpus=None if joining else cfg.cluster.num_cpus,
+                     include_dashboard=False, log_to_driver=True, configure_logging=False)
+        self.actors: list = []
+
+    def rollout_pool(self, model_path: str) -> list:
+        c = self.cfg.rollout
+        cls = ray.remote(num_cpus=c.num_cpus, num_gpus=c.num_gpus)(RolloutWorker)
+        return self._track([cls.remote(model_path, self.cfg.model.dtype, c, self.cfg.seed + i)
+                            for i in range(c.num_workers)])
+
+    def reward_pool(self) -> list:
+        c = self.cfg.reward
+        cls = ray.remote(num_cpus=c.num_cpus)(RewardWorker)
+        return self._track([cls.remote(c) for _ in range(c.num_workers)])
+
+    def learner_group(self, model_path: str, weights_dir: str) -> list:
+        c, t = self.cfg.learner, self.cfg.trainer
+        cls = ray.remote(num_cpus=c.num_cpus, num_gpus=c.num_gpus)(LearnerWorker)
+        port = _free_port()
+        return self._track([
+            cls.remote(model_path, self.cfg.model.dtype, c, self.cfg.algo, rank=rank, master_port=port,
+                       samples_per_step=t.prompts_per_step * self.cfg.rollout.samples_per_prompt,
+                       temperature=self.cfg.rollout.temperature, weights_dir=weights_dir, seed=self.cfg.seed)
+            for rank in range(c.num_ranks)])
+
+    def _track(self, handles: list) -> list:
+        self.actors.extend(handles)
+        return handles
+
+    def shutdown(self) -> None:
+        """Ask every actor to close (engines and verifier processes stop), kill it, then leave Ray."""
+        closing = [handle.close.remote() for handle in self.actors]
+        ray.wait(closing, num_returns=len(closing), timeout=30)
+        for handle in self.actors:
+            ray.kill(handle, no_restart=True)
+        self.actors.clear()
+        ray.shutdown()
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

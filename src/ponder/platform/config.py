@@ -1,0 +1,286 @@
+"""The typed configuration schema: the only place defaults live.
+
+YAML files override the schema, `key=value` CLI overrides go on top, and the result is validated (unknown keys with a
+"did you mean", wrong types naming the key, cross-field rules) before Ray or any engine starts. Each component receives
+its own sub-config, never the whole tree. Imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix; the message says what and how."""
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    """`ponder init-model`: a small Qwen2-architecture causal LM and a char-level tokenizer, built offline."""
+
+    out_dir: str = "artifacts/tiny/init"
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 2
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    max_position_embeddings: int = 4096
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SftConfig:
+    """`ponder sft`: warm start on worked solutions so that RL begins from non-zero accuracy."""
+
+    init_dir: str = "artifacts/tiny/init"
+    out_dir: str = "artifacts/tiny/sft"
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    num_threads: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The embedded arithmetic task: column-by-column addition/subtraction with a verifiable answer."""
+
+    min_digits: int = 2
+    max_digits: int = 3
+    ops: str = "+-"
+    num_train: int = 20000
+    num_eval: int = 256
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where prompts come from. `embedded:arithmetic` generates them; otherwise a .jsonl/.parquet file or a local
+    Hugging Face `datasets` directory with `prompt` and `answer` fields."""
+
+    train: str = "embedded:arithmetic"
+    eval: str = "embedded:arithmetic"
+    template: str = "think"
+    task: TaskConfig = field(default_factory=TaskConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "artifacts/tiny/sft"
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """vLLM rollout actors. `num_workers` sizes the pool independently of the learner."""
+
+    num_workers: int = 1
+    samples_per_prompt: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    max_model_len: int = 4096
+    kv_cache_gb: float = 1.0  # CPU engines: host memory reserved for the KV cache
+    gpu_memory_utilization: float = 0.85  # GPU engines: fraction of GPU memory vLLM may use
+    enforce_eager: bool = True
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    tensor_parallel_size: int = 1
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """One reward function, by registry name or `package.module:function`, with its weight and options."""
+
+    name: str = "math"
+    weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    functions: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math", 1.0), RewardSpec("format", 0.1)])
+    num_workers: int = 1
+    processes_per_worker: int = 2
+    timeout_s: float = 5.0
+    accuracy_from: str = "math"  # the term whose value 1.0 counts as a correct answer
+    num_cpus: float = 0.5
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """GRPO maths: advantages and the clipped token-level surrogate."""
+
+    norm_adv_by_std: bool = True
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """The DeepSpeed learner. `num_ranks` data-parallel ranks, each a Ray actor."""
+
+    num_ranks: int = 1
+    zero_stage: int = 2
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    micro_batch_size: int = 64
+    num_minibatches: int = 1
+    num_threads: int = 2
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """The driver loop."""
+
+    steps: int = 60
+    prompts_per_step: int = 32
+    eval_every: int = 10
+    eval_prompts: int = 256
+    log_samples_every: int = 10
+    output_dir: str = "outputs/run"
+    save_final_model: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`ponder eval`: greedy pass@1, sampled pass@k and maj@k on the held-out split."""
+
+    k: int = 8
+    temperature: float = 1.0
+    prompts: int = 256
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_location: str = "mlruns/artifacts"
+    experiment: str = "ponder"
+    run_name: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """`address=None` starts a local Ray cluster; `auto` or `ray://...` joins one."""
+
+    address: Optional[str] = None
+    num_cpus: Optional[int] = 4
+    shm_dir: str = "/dev/shm"
+
+
+@dataclass(frozen=True)
+class PonderConfig:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tiny_model: TinyModelConfig = field(default_factory=TinyModelConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+def load_config(files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> PonderConfig:
+    """Schema defaults <- each YAML file in order <- `key=value` overrides; then validated."""
+    merged = OmegaConf.structured(PonderConfig)
+    for path in files:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path!r} does not exist; pass a YAML file such as configs/default.yaml")
+        merged = _merge(merged, OmegaConf.load(path), source=path)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. trainer.steps=10)")
+    if overrides:
+        merged = _merge(merged, OmegaConf.from_dotlist(list(overrides)), source="command line")
+    cfg = OmegaConf.to_object(merged)
+    validate(cfg)
+    return cfg
+
+
+def _merge(base: DictConfig, update: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, update)
+    except ConfigKeyError as e:
+        raise ConfigError(f"{source}: {_unknown_key_message(e)}") from None
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"{source}: bad value for '{key}': {str(e).splitlines()[0]}") from None
+
+
+def _unknown_key_message(e: ConfigKeyError) -> str:
+    full_key = str(getattr(e, "full_key", "") or "")
+    parent, _, leaf = full_key.rpartition(".")
+    node: Any = PonderConfig
+    for part in filter(None, parent.split(".")):
+        node = {f.name: f for f in fields(node)}[part].default_factory  # type: ignore[union-attr]
+    valid = [f.name for f in fields(node)]
+    close = difflib.get_close_matches(leaf, valid, n=1)
+    hint = f"did you mean '{(parent + '.' if parent else '') + close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+    return f"unknown config key '{full_key}'; {hint}"
+
+
+def to_yaml(cfg: PonderConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """`{'rollout.samples_per_prompt': 8, ...}` for logging as parameters."""
+    out: dict[str, Any] = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if is_dataclass(value):
+            out.update(flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def validate(cfg: PonderConfig) -> None:
+    """Cross-field rules, each with the fix in its message."""
+    r, lr, t, a = cfg.rollout, cfg.learner, cfg.trainer, cfg.algo
+    checks = [
+        (r.samples_per_prompt >= 1, "rollout.samples_per_prompt must be >= 1"),
+        (r.samples_per_prompt == 1 or r.temperature > 0, "rollout.samples_per_prompt > 1 needs rollout.temperature > 0 (greedy samples would be identical)"),
+        (0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]"),
+        (r.max_tokens < r.max_model_len, "rollout.max_tokens must be smaller than rollout.max_model_len"),
+        (r.num_workers >= 1, "rollout.num_workers must be >= 1"),
+        (t.prompts_per_step % r.num_workers == 0,
+         f"trainer.prompts_per_step ({t.prompts_per_step}) must be divisible by rollout.num_workers ({r.num_workers})"),
+        (t.prompts_per_step % lr.num_ranks == 0,
+         f"trainer.prompts_per_step ({t.prompts_per_step}) must be divisible by learner.num_ranks ({lr.num_ranks}) "
+         "so that every rank trains on whole groups"),
+        ((t.prompts_per_step // lr.num_ranks) % lr.num_minibatches == 0,
+         "prompts per rank must be divisible by learner.num_minibatches (whole groups per mini-batch)"),
+        (lr.zero_stage in (0, 1, 2, 3), "learner.zero_stage must be 0, 1, 2 or 3"),
+        (a.kl_estimator in ("k1", "k2", "k3"), f"algo.kl_estimator must be k1, k2 or k3, got {a.kl_estimator!r}"),
+        (a.clip_low >= 0 and a.clip_high >= 0, "algo.clip_low and algo.clip_high must be >= 0"),
+        (cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype must be float32, bfloat16 or float16"),
+        (len(cfg.reward.functions) > 0, "reward.functions is empty: add at least one, e.g. {name: math, weight: 1.0}"),
+        (cfg.reward.timeout_s > 0, "reward.timeout_s must be > 0"),
+        (cfg.data.template in ("think", "none"), "data.template must be 'think' or 'none'"),
+        (cfg.eval.k >= 1, "eval.k must be >= 1"),
+    ]
+    problems = [msg for ok, msg in checks if not ok]
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))

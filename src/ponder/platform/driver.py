@@ -1,0 +1,127 @@
+"""The synchronous RL loop: generate → score → train → push weights → log.
+
+Trajectories travel as ObjectRefs from rollout actors to reward actors to learner ranks; the driver holds refs and
+pulls only metrics (and, every `log_samples_every` steps, a handful of samples to log). Nothing imports this module
+except the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+from tqdm import tqdm
+
+from ponder.actors.rollout import Sampling
+from ponder.data.datasets import load_problems
+from ponder.data.stream import PromptStream, make_requests, split_even
+from ponder.eval.heldout import heldout_metrics, rollout_and_score
+from ponder.platform.cluster import Cluster
+from ponder.platform.config import PonderConfig, flatten, to_yaml
+from ponder.platform.plots import plot_curves
+from ponder.platform.tracking import Tracker
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    output_dir: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    evals: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
+def train(cfg: PonderConfig) -> TrainResult:
+    t, out = cfg.trainer, Path(cfg.trainer.output_dir)
+    train_set = load_problems(cfg.data.train, "train", cfg.data.task)
+    eval_set = load_problems(cfg.data.eval, "eval", cfg.data.task)[: t.eval_prompts]
+    stream = PromptStream(train_set, t.prompts_per_step, cfg.seed)
+    sampling = Sampling(cfg.rollout.samples_per_prompt, cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_tokens)
+    greedy = Sampling(1, 0.0, 1.0, cfg.rollout.max_tokens)
+    tracker = Tracker(cfg.tracking, flatten(cfg), to_yaml(cfg))
+    result = TrainResult(tracker.run_id, str(out))
+    status = "FAILED"
+    try:
+        with Cluster(cfg) as cluster:
+            rollouts = cluster.rollout_pool(cfg.model.path)
+            rewards = cluster.reward_pool()
+            learners = cluster.learner_group(cfg.model.path, f"{cfg.cluster.shm_dir}/ponder-{tracker.run_id}")
+
+            def evaluate(step: int) -> None:
+                scored = rollout_and_score(rollouts, rewards, eval_set, cfg.data.template, greedy, cfg.seed)
+                result.evals[step] = heldout_metrics(scored)
+                tracker.log_metrics(result.evals[step], step)
+
+            evaluate(0)
+            bar = tqdm(range(1, t.steps + 1), desc="grpo", unit="step", dynamic_ncols=True)
+            for step in bar:
+                timings: dict[str, float] = {}
+                requests = make_requests(stream.next(), cfg.data.template, cfg.seed, step,
+                                         first_group=step * t.prompts_per_step)
+                with timed(timings, "generate"):
+                    generated = [w.generate.remote(shard, sampling)
+                                 for w, shard in zip(rollouts, split_even(requests, len(rollouts)))]
+                    wait_all(generated)
+                with timed(timings, "reward"):
+                    scored = [rewards[i % len(rewards)].score.options(num_returns=2).remote(ref)
+                              for i, ref in enumerate(generated)]
+                    reward_metrics = merge_counts(ray.get([s[1] for s in scored]))
+                with timed(timings, "train"):
+                    metrics = ray.get([rank.train.remote(*[s[0] for s in scored]) for rank in learners])[0]
+                with timed(timings, "weight_sync"):
+                    handle = ray.get([rank.publish_weights.remote(step) for rank in learners])[0]
+                    ray.get([w.load_weights.remote(handle) for w in rollouts])
+                metrics.update(reward_metrics, **{f"time/{k}": v for k, v in timings.items()})
+                metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / max(timings["generate"], 1e-9)
+                if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
+                    evaluate(step)
+                if t.log_samples_every and step % t.log_samples_every == 0:
+                    tracker.log_text(samples_jsonl(ray.get(scored[0][0])[:8]), f"samples/step_{step:06d}.jsonl")
+                tracker.log_metrics(metrics, step)
+                result.history.append({"step": step, **metrics})
+                bar.set_postfix(progress_line(metrics, result.evals), refresh=False)
+            if t.save_final_model:
+                final = ray.get([rank.save_hf.remote(str(out / "final_model")) for rank in learners])[0]
+                tracker.log_artifact(final, "final_model")
+        tracker.log_artifact(plot_curves(result.history, result.evals, out / "curves.png"))
+        status = "FINISHED"
+        return result
+    finally:
+        tracker.finish("FINISHED" if status == "FINISHED" else "FAILED")
+
+
+@contextmanager
+def timed(timings: dict[str, float], name: str):
+    start = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - start
+
+
+def wait_all(refs: list) -> None:
+    """Block until every ref is ready without pulling the objects into the driver."""
+    ray.wait(refs, num_returns=len(refs), fetch_local=False)
+
+
+def merge_counts(parts: list[dict[str, float]]) -> dict[str, float]:
+    merged: dict[str, float] = {}
+    for part in parts:
+        for k, v in part.items():
+            merged[k] = merged.get(k, 0.0) + v
+    return merged
+
+
+def progress_line(metrics: dict[str, float], evals: dict[int, dict[str, float]]) -> dict[str, str]:
+    last_eval = evals[max(evals)]["eval/accuracy"] if evals else float("nan")
+    return {"reward": f"{metrics['rollout/reward_mean']:.3f}", "acc": f"{metrics['rollout/accuracy']:.2f}",
+            "heldout": f"{last_eval:.2f}", "tok/s": f"{metrics['perf/tokens_per_s']:.0f}",
+            "gen/rew/train/sync": "/".join(f"{metrics[f'time/{k}']:.1f}"
+                                           for k in ("generate", "reward", "train", "weight_sync"))}
+
+
+def samples_jsonl(trajectories: list) -> str:
+    return "\n".join(json.dumps({"prompt": t.problem.prompt, "answer": t.problem.answer, "response": t.response_text,
+                                 "reward": t.reward, "terms": t.reward_terms, "version": t.policy_version})
+                     for t in trajectories) + "\n"

@@ -1,0 +1,90 @@
+import time
+
+import pytest
+
+from ponder.actors.reward import compose
+from ponder.platform.config import RewardSpec
+from ponder.rewards.extract import last_boxed
+from ponder.rewards.format import format_reward
+from ponder.rewards.math import math_reward
+from ponder.rewards.pool import HardTimeoutPool, Result, Task
+from ponder.rewards.registry import resolve
+from ponder.types import Problem
+
+GOLD = Problem("347+85", "432")
+
+
+def test_math_reward_checks_the_last_boxed_answer():
+    assert math_reward("</think>\n\\boxed{432}", GOLD) == 1.0
+    assert math_reward("\\boxed{432} wait \\boxed{431}", GOLD) == 0.0
+    assert math_reward("432", GOLD) == 0.0
+    assert math_reward("\\boxed{\\frac{864}{2}}", GOLD) == 1.0
+
+
+def test_last_boxed_balances_braces():
+    assert last_boxed("\\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
+    assert last_boxed("\\boxed{unclosed") is None
+
+
+def test_format_reward():
+    assert format_reward("7+5\n</think>\n\\boxed{12}", GOLD) == 1.0
+    assert format_reward("no think close \\boxed{12}", GOLD) == 0.0
+
+
+def test_registry_by_name_and_import_path():
+    assert resolve("math") is math_reward
+    assert resolve("ponder.rewards.format:format_reward") is format_reward
+    with pytest.raises(ValueError, match="did you mean 'math'"):
+        resolve("mth")
+    with pytest.raises(ValueError, match="cannot be imported"):
+        resolve("ponder.nope:fn")
+
+
+def test_compose_weights_timeouts_and_errors():
+    specs = [RewardSpec("math", 1.0), RewardSpec("format", 0.5)]
+    ok = compose(specs, [Result("ok", 1.0), Result("ok", 1.0)])
+    assert (ok.reward, ok.masked) == (1.5, False)
+    hung = compose(specs, [Result("timeout"), Result("ok", 1.0)])
+    assert (hung.reward, hung.timeouts, hung.masked) == (0.5, ["math"], False)
+    broken = compose(specs, [Result("error", error="boom"), Result("ok", 1.0)])
+    assert broken.masked
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = HardTimeoutPool(num_processes=2, timeout_s=2.0)
+    yield p
+    p.close()
+
+
+def test_pool_scores_in_order(pool):
+    results = pool.map([Task("math", f"\\boxed{{{a}}}", GOLD, {}) for a in (432, 1, 432)])
+    assert [r.value for r in results] == [1.0, 0.0, 1.0]
+
+
+def test_input_that_hangs_sympy_is_killed_within_timeout(pool):
+    """9^(9^(9^(9^9))) makes sympy evaluate a tower that never finishes; the pool kills it and moves on."""
+    hang = "\\boxed{9^{9^{9^{9^{9}}}}}"
+    start = time.monotonic()
+    results = pool.map([Task("math", hang, GOLD, {}), Task("math", "\\boxed{432}", GOLD, {})])
+    elapsed = time.monotonic() - start
+    assert results[0].status == "timeout" and results[0].value == 0.0
+    assert results[1] == Result("ok", 1.0)
+    assert elapsed < 2.0 + 3.0, f"took {elapsed:.1f}s"  # the timeout plus a margin for respawning a worker
+    assert pool.map([Task("math", "\\boxed{432}", GOLD, {})])[0].value == 1.0  # the pool still works
+
+
+def test_reward_that_raises_is_an_error_not_a_zero(pool):
+    result = pool.map([Task("ponder.rewards.registry:resolve", "x", GOLD, {})])[0]
+    assert result.status == "error" and "TypeError" in result.error
+
+
+def test_pool_survives_a_killed_worker(pool):
+    import os
+    import signal
+
+    os.kill(pool.pids()[0], signal.SIGKILL)
+    time.sleep(0.2)
+    results = pool.map([Task("math", "\\boxed{432}", GOLD, {}) for _ in range(4)])
+    assert all(r.status in ("ok", "error") for r in results)
+    assert pool.map([Task("math", "\\boxed{432}", GOLD, {}) for _ in range(4)]) == [Result("ok", 1.0)] * 4
