@@ -17,13 +17,18 @@ from ponder.learner.worker import LearnerWorker
 from ponder.platform.config import PonderConfig
 
 
+# Quiet engines: per-request INFO lines from vLLM would bury the progress bar; warnings and errors still show.
+ACTOR_ENV = {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+
+
 class Cluster:
     def __init__(self, cfg: PonderConfig):
         self.cfg = cfg
         joining = cfg.cluster.address is not None or "RAY_ADDRESS" in os.environ
         if not ray.is_initialized():
             ray.init(address=cfg.cluster.address, num_cpus=None if joining else cfg.cluster.num_cpus,
-                     include_dashboard=False, log_to_driver=True, configure_logging=False)
+                     include_dashboard=False, configure_logging=False, log_to_driver=cfg.cluster.log_to_driver,
+                     runtime_env={"env_vars": ACTOR_ENV})
         self.actors: list = []
 
     def rollout_pool(self, model_path: str) -> list:
@@ -54,7 +59,7 @@ class Cluster:
     def shutdown(self) -> None:
         """Ask every actor to close (engines and verifier processes stop), kill it, then leave Ray."""
         closing = [handle.close.remote() for handle in self.actors]
-        ray.wait(closing, num_returns=len(closing), timeout=30)
+        ray.wait(closing, num_returns=len(closing), timeout=10)  # a busy actor (Ctrl-C mid-step) is just killed
         for handle in self.actors:
             ray.kill(handle, no_restart=True)
         self.actors.clear()

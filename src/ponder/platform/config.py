@@ -40,7 +40,7 @@ class SftConfig:
 
     init_dir: str = "artifacts/tiny/init"
     out_dir: str = "artifacts/tiny/sft"
-    steps: int = 300
+    steps: int = 260
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 20
@@ -73,6 +73,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The policy to train: a Hugging Face-format directory (the embedded demo builds one under artifacts/)."""
+
     path: str = "artifacts/tiny/sft"
     dtype: str = "float32"
 
@@ -106,6 +108,8 @@ class RewardSpec:
 
 @dataclass(frozen=True)
 class RewardConfig:
+    """Reward actors: the weighted reward functions and the verifier processes that run them under a hard timeout."""
+
     functions: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math", 1.0), RewardSpec("format", 0.1)])
     num_workers: int = 1
     processes_per_worker: int = 2
@@ -132,7 +136,7 @@ class LearnerConfig:
 
     num_ranks: int = 1
     zero_stage: int = 2
-    lr: float = 2e-4
+    lr: float = 5e-5
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.99
@@ -168,6 +172,8 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
+    """MLflow. The default is a SQLite store under the working directory; any MLflow tracking URI works."""
+
     uri: str = "sqlite:///mlruns/mlflow.db"
     artifact_location: str = "mlruns/artifacts"
     experiment: str = "ponder"
@@ -181,10 +187,13 @@ class ClusterConfig:
     address: Optional[str] = None
     num_cpus: Optional[int] = 4
     shm_dir: str = "/dev/shm"
+    log_to_driver: bool = False  # actor logs stay in Ray's session log dir unless set; errors always surface
 
 
 @dataclass(frozen=True)
 class PonderConfig:
+    """The whole configuration. `seed` drives data order, sampling seeds and initialisation."""
+
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     tiny_model: TinyModelConfig = field(default_factory=TinyModelConfig)

@@ -54,6 +54,8 @@ def train(cfg: PonderConfig) -> TrainResult:
                 scored = rollout_and_score(rollouts, rewards, eval_set, cfg.data.template, greedy, cfg.seed)
                 result.evals[step] = heldout_metrics(scored)
                 tracker.log_metrics(result.evals[step], step)
+                # wall-clock of training so far, evaluation excluded: what "time to +N points" is measured in
+                result.evals[step]["time/train_elapsed_s"] = sum(h["time/step"] for h in result.history)
 
             evaluate(0)
             bar = tqdm(range(1, t.steps + 1), desc="grpo", unit="step", dynamic_ncols=True)
@@ -75,6 +77,7 @@ def train(cfg: PonderConfig) -> TrainResult:
                     handle = ray.get([rank.publish_weights.remote(step) for rank in learners])[0]
                     ray.get([w.load_weights.remote(handle) for w in rollouts])
                 metrics.update(reward_metrics, **{f"time/{k}": v for k, v in timings.items()})
+                metrics["time/step"] = sum(timings.values())
                 metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / max(timings["generate"], 1e-9)
                 if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
                     evaluate(step)

@@ -12,7 +12,7 @@ import time
 
 from ponder.platform.config import PonderConfig
 
-EXCLUDES = [".venv", ".git", "mlruns", "outputs", "**/__pycache__", "*.egg-info"]
+EXCLUDES = [".venv", ".git", "mlruns", "outputs", "artifacts", "**/__pycache__", "*.egg-info"]
 
 
 def build_entrypoint(items: list[str]) -> str:

@@ -1,0 +1,53 @@
+"""Writes docs/config.md from the schema: `python -m ponder.platform.config_reference > docs/config.md`."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import MISSING, fields, is_dataclass
+
+from ponder.platform.config import PonderConfig
+
+
+def _default(f):
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else None  # type: ignore[misc]
+
+
+def _comments(cls) -> dict[str, str]:
+    """Trailing `# ...` comments on field lines, as written in config.py."""
+    out = {}
+    for line in inspect.getsource(cls).splitlines():
+        code, _, comment = line.partition("  # ")
+        if comment and ":" in code:
+            out[code.strip().split(":")[0]] = comment.strip()
+    return out
+
+
+def render(cls=PonderConfig, prefix: str = "") -> list[str]:
+    lines: list[str] = []
+    scalars = [f for f in fields(cls) if not is_dataclass(_default(f))]
+    if scalars:
+        doc = inspect.getdoc(cls) or ""
+        lines += [f"## `{prefix.rstrip('.') or '(top level)'}`", "", " ".join(doc.split()), "",
+                  "| key | type | default | note |", "| --- | --- | --- | --- |"]
+        notes = _comments(cls)
+        for f in scalars:
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            lines.append(f"| `{prefix}{f.name}` | `{kind}` | `{_default(f)!r}` | {notes.get(f.name, '')} |")
+        lines.append("")
+    for f in fields(cls):
+        if is_dataclass(_default(f)):
+            lines += render(type(_default(f)), f"{prefix}{f.name}.")
+    return lines
+
+
+def main() -> None:
+    print("# Configuration reference\n")
+    print("Generated from `src/ponder/platform/config.py` by `make config-reference`; do not edit by hand. YAML files"
+          " in `configs/` and `key=value` arguments override these defaults.\n")
+    print("\n".join(render()))
+
+
+if __name__ == "__main__":
+    main()
