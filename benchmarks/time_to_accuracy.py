@@ -14,18 +14,11 @@ import sys
 import time
 
 from ponder.data.tiny_model import build_tiny_model
+from ponder.eval.metrics import time_to_gain
 from ponder.learner.sft import run_sft
 from ponder.platform.cli import split_args
 from ponder.platform.config import load_config
 from ponder.platform.driver import train
-
-
-def time_to_gain(evals: dict[int, dict[str, float]], points: float) -> str:
-    start = evals[0]["eval/accuracy"]
-    for step in sorted(evals):
-        if evals[step]["eval/accuracy"] >= start + points / 100:
-            return f"{evals[step]['time/train_elapsed_s']:.0f} s (step {step})"
-    return "not reached"
 
 
 def main(argv: list[str]) -> None:
@@ -43,7 +36,9 @@ def main(argv: list[str]) -> None:
     for step in sorted(result.evals):
         e = result.evals[step]
         print(f"| {step} | {e['time/train_elapsed_s']:.0f} | {e['eval/accuracy']:.3f} |")
-    print(f"\n+10 points: {time_to_gain(result.evals, 10)}; +20 points: {time_to_gain(result.evals, 20)}")
+    for points in (10, 20):
+        hit = time_to_gain(result.evals, points)
+        print(f"+{points} points: " + (f"step {hit[0]}, {hit[1]:.0f} s of training" if hit else "not reached"))
 
 
 if __name__ == "__main__":

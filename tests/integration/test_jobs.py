@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -23,15 +26,16 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def ray_head(tmp_path):
+def ray_head():
     gcs, dashboard = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's Unix socket paths must fit 107 bytes
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [f"{bin_dir}/ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-         "--num-cpus=4", f"--temp-dir={tmp_path / 'ray'}"],
+         "--num-cpus=4", f"--temp-dir={temp_dir}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.monotonic() + 120
@@ -45,8 +49,12 @@ def ray_head(tmp_path):
                 pytest.fail("Ray head did not come up")
             time.sleep(1)
     yield address, env
-    os.killpg(head.pid, 15)
-    head.wait(timeout=60)
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    finally:
+        os.killpg(head.pid, signal.SIGKILL) if head.poll() is None else None
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_submit_runs_one_training_step_on_the_cluster(ray_head, tiny_model_dir, tmp_path):

@@ -31,11 +31,15 @@ class RolloutWorker:
         from vllm import LLM
 
         on_gpu = cfg.num_gpus > 0
-        memory = ({"gpu_memory_utilization": cfg.gpu_memory_utilization} if on_gpu
-                  else {"kv_cache_memory_bytes": int(cfg.kv_cache_gb * (1 << 30))})
+        extra = ({"gpu_memory_utilization": cfg.gpu_memory_utilization} if on_gpu
+                 else {"kv_cache_memory_bytes": int(cfg.kv_cache_gb * (1 << 30))})
+        if cfg.weight_sync == "nccl":
+            from vllm.config import WeightTransferConfig
+
+            extra["weight_transfer_config"] = WeightTransferConfig(backend="nccl")
         self.llm = LLM(model=model_path, dtype=dtype, max_model_len=cfg.max_model_len, seed=seed,
                        enforce_eager=cfg.enforce_eager, tensor_parallel_size=cfg.tensor_parallel_size,
-                       logprobs_mode="processed_logprobs", **memory)
+                       logprobs_mode="processed_logprobs", **extra)
         self.tokenizer = self.llm.get_tokenizer()
         self.version = 0
 
@@ -64,12 +68,36 @@ class RolloutWorker:
         return trajectories
 
     def load_weights(self, handle: WeightsVersion) -> int:
-        """Verify, then load in place. Raises `WeightsIntegrityError` (and keeps the old weights) on a mismatch."""
+        """Verify, then load in place. Raises `WeightsIntegrityError` (and keeps the old weights) on a mismatch.
+
+        With NCCL weight sync the bytes already arrived during the learner's broadcast; this only confirms the version.
+        """
+        if handle.path == "nccl":
+            if self.version != handle.version:
+                raise RuntimeError(f"NCCL push of version {handle.version} did not reach this engine "
+                                   f"(still at {self.version})")
+            return self.version
         directory = verify(handle)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(directory)})
         self.llm.reset_prefix_cache()  # cached KV of shared prompt prefixes was computed by the old weights
         self.version = handle.version
         return self.version
+
+    # -- NCCL weight sync (GPU): driven by the learner through transport.nccl.RolloutFanoutClient ------------------
+    def init_weight_transfer(self, init_info: dict) -> None:
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+
+    def start_weight_update(self) -> None:
+        self.llm.start_weight_update()
+
+    def update_weights(self, update_info: dict) -> None:
+        self.llm.update_weights({"update_info": update_info})
+
+    def finish_weight_update(self, version: str | None) -> None:
+        self.llm.finish_weight_update(version)
+        self.llm.reset_prefix_cache()
+        if version is not None:
+            self.version = int(version)
 
     def pid(self) -> int:
         return os.getpid()

@@ -28,3 +28,17 @@ def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
         return False
     winner = votes.most_common(1)[0][0]
     return next(ok for a, ok in zip(answers, correct) if a == winner)
+
+
+def time_to_gain(evals: dict[int, dict[str, float]], points: float) -> tuple[int, float] | None:
+    """(step, training seconds) of the first evaluation at least `points` accuracy points above step 0's, or None.
+
+    >>> evals = {0: {"eval/accuracy": .4, "time/train_elapsed_s": 0}, 5: {"eval/accuracy": .55, "time/train_elapsed_s": 40}}
+    >>> time_to_gain(evals, 10), time_to_gain(evals, 20)
+    ((5, 40), None)
+    """
+    start = evals[0]["eval/accuracy"]
+    for step in sorted(evals):
+        if evals[step]["eval/accuracy"] >= start + points / 100 - 1e-9:
+            return step, evals[step]["time/train_elapsed_s"]
+    return None

@@ -20,7 +20,9 @@ from ponder.platform.config import SftConfig, TaskConfig
 def run_sft(cfg: SftConfig, task: TaskConfig, template: str, progress: bool = True) -> Path:
     out = Path(cfg.out_dir)
     stamp = out / "ponder_sft.json"
-    settings = {"sft": asdict(cfg), "task": asdict(task), "template": template}
+    init_stamp = Path(cfg.init_dir) / "ponder_build.json"  # a rebuilt initial model invalidates the warm start
+    settings = {"sft": asdict(cfg), "task": asdict(task), "template": template,
+                "init": init_stamp.read_text() if init_stamp.is_file() else None}
     if stamp.is_file() and json.loads(stamp.read_text()) == settings:
         return out
     import torch

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 class LearnerWorker:
     def __init__(self, model_path: str, dtype: str, cfg: LearnerConfig, algo: AlgoConfig, *, rank: int,
                  master_port: int, samples_per_step: int, temperature: float, weights_dir: str, seed: int):
+        # Ranks rendezvous on this node: multi-node learner groups are not placed yet (one node, many ranks is).
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(master_port), RANK=str(rank),
                           WORLD_SIZE=str(cfg.num_ranks), LOCAL_RANK="0")
         torch.set_num_threads(cfg.num_threads)
@@ -146,7 +148,20 @@ class LearnerWorker:
                 return None
             return {k: v.detach().to("cpu", copy=True) for k, v in self.engine.module.state_dict().items()}
 
+    def connect_rollouts(self, rollouts: list, tp_size: int, master_port: int) -> None:
+        """GPU path: replace the shared-memory sender by an NCCL broadcast into the engines (rank 0 only)."""
+        if self.rank == 0:
+            from ponder.transport.nccl import NcclWeightSender
+
+            self.sender.close()
+            self.sender = NcclWeightSender(self.engine.module, rollouts, tp_size, rank=0,
+                                           master_address=socket.gethostbyname(socket.gethostname()),
+                                           master_port=master_port)
+
     def publish_weights(self, version: int) -> WeightsVersion | None:
+        """Every rank must call this (ZeRO-3 gathers); rank 0 returns the handle the engines load."""
+        if self.sender is not None and not isinstance(self.sender, ShmWeightSender):
+            return self.sender.publish(version)
         state = self.full_state_dict()
         return self.sender.publish(state, version) if self.sender is not None else None
 

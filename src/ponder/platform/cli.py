@@ -62,10 +62,17 @@ def cmd_train(args) -> None:
     preflight(cfg, cfg.model.path)
     from ponder.platform.driver import train
 
+    from ponder.eval.metrics import time_to_gain
+
     result = train(cfg)
     first, last = result.evals[min(result.evals)], result.evals[max(result.evals)]
     print(f"\nheld-out accuracy: {first['eval/accuracy']:.3f} (start) -> {last['eval/accuracy']:.3f} "
           f"(step {max(result.evals)})")
+    curve = "  ".join(f"{s}:{e['eval/accuracy']:.2f}" for s, e in sorted(result.evals.items()))
+    print(f"held-out accuracy by step: {curve}")
+    for points in (10, 20):
+        hit = time_to_gain(result.evals, points)
+        print(f"+{points} points: " + (f"step {hit[0]}, {hit[1]:.0f} s of training" if hit else "not reached"))
     print(f"MLflow run: {result.run_id}  (tracking uri {cfg.tracking.uri}; `mlflow ui --backend-store-uri "
           f"{cfg.tracking.uri}`)")
     print(f"outputs: {result.output_dir}/final_model, {result.output_dir}/curves.png")

@@ -52,6 +52,12 @@ class Cluster:
                        temperature=self.cfg.rollout.temperature, weights_dir=weights_dir, seed=self.cfg.seed)
             for rank in range(c.num_ranks)])
 
+    def connect_weight_sync(self, learners: list, rollouts: list) -> None:
+        """GPU path: open the NCCL group between learner rank 0 and every engine (rollout.weight_sync=nccl)."""
+        if self.cfg.rollout.weight_sync == "nccl":
+            ray.get(learners[0].connect_rollouts.remote(rollouts, self.cfg.rollout.tensor_parallel_size,
+                                                        _free_port()))
+
     def _track(self, handles: list) -> list:
         self.actors.extend(handles)
         return handles

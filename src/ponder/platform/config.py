@@ -95,6 +95,7 @@ class RolloutConfig:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     tensor_parallel_size: int = 1
+    weight_sync: str = "shm"  # shm: safetensors in shared memory + reload (CPU, any); nccl: GPU broadcast
 
 
 @dataclass(frozen=True)
@@ -289,6 +290,10 @@ def validate(cfg: PonderConfig) -> None:
         (cfg.reward.timeout_s > 0, "reward.timeout_s must be > 0"),
         (cfg.data.template in ("think", "none"), "data.template must be 'think' or 'none'"),
         (cfg.eval.k >= 1, "eval.k must be >= 1"),
+        (r.weight_sync in ("shm", "nccl"), f"rollout.weight_sync must be 'shm' or 'nccl', got {r.weight_sync!r}"),
+        (r.weight_sync != "nccl" or (r.num_gpus > 0 and lr.num_gpus > 0 and lr.zero_stage < 3),
+         "rollout.weight_sync=nccl needs GPUs on both sides (rollout.num_gpus, learner.num_gpus > 0) and "
+         "learner.zero_stage < 3; use weight_sync=shm otherwise"),
     ]
     problems = [msg for ok, msg in checks if not ok]
     if problems:

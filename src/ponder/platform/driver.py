@@ -49,13 +49,14 @@ def train(cfg: PonderConfig) -> TrainResult:
             rollouts = cluster.rollout_pool(cfg.model.path)
             rewards = cluster.reward_pool()
             learners = cluster.learner_group(cfg.model.path, f"{cfg.cluster.shm_dir}/ponder-{tracker.run_id}")
+            cluster.connect_weight_sync(learners, rollouts)
 
             def evaluate(step: int) -> None:
                 scored = rollout_and_score(rollouts, rewards, eval_set, cfg.data.template, greedy, cfg.seed)
-                result.evals[step] = heldout_metrics(scored)
-                tracker.log_metrics(result.evals[step], step)
                 # wall-clock of training so far, evaluation excluded: what "time to +N points" is measured in
-                result.evals[step]["time/train_elapsed_s"] = sum(h["time/step"] for h in result.history)
+                elapsed = sum(h["time/step"] for h in result.history)
+                result.evals[step] = {**heldout_metrics(scored), "time/train_elapsed_s": elapsed}
+                tracker.log_metrics(result.evals[step], step)
 
             evaluate(0)
             bar = tqdm(range(1, t.steps + 1), desc="grpo", unit="step", dynamic_ncols=True)
