@@ -162,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nponder {args.command}: interrupted; actors stopped", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not type(e).__module__.startswith("ray."):
+            raise
+        # an actor died or raised: Ray's message carries the actor's own traceback, which is the cause to show
+        print(f"ponder {args.command}: error: a Ray actor failed; all actors were stopped. Cause:\n{e}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

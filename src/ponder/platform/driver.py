@@ -93,8 +93,11 @@ def train(cfg: PonderConfig) -> TrainResult:
         tracker.log_artifact(plot_curves(result.history, result.evals, out / "curves.png"))
         status = "FINISHED"
         return result
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
-        tracker.finish("FINISHED" if status == "FINISHED" else "FAILED")
+        tracker.finish(status)
 
 
 @contextmanager
