@@ -67,7 +67,7 @@ class DataConfig:
 
     train: str = "embedded:arithmetic"
     eval: str = "embedded:arithmetic"
-    template: str = "think"
+    template: str = "think"  # think: prompt opens <think>; none: the prompt as is
     task: TaskConfig = field(default_factory=TaskConfig)
 
 
@@ -84,14 +84,14 @@ class RolloutConfig:
     """vLLM rollout actors. `num_workers` sizes the pool independently of the learner."""
 
     num_workers: int = 1
-    samples_per_prompt: int = 8
+    samples_per_prompt: int = 8  # the GRPO group size
     temperature: float = 1.0
     top_p: float = 1.0
-    max_tokens: int = 256
-    max_model_len: int = 4096
+    max_tokens: int = 256  # new tokens per sample (long chains of thought: raise with max_model_len)
+    max_model_len: int = 4096  # prompt + completion; at most the model's max_position_embeddings
     kv_cache_gb: float = 1.0  # CPU engines: host memory reserved for the KV cache
     gpu_memory_utilization: float = 0.85  # GPU engines: fraction of GPU memory vLLM may use
-    enforce_eager: bool = True
+    enforce_eager: bool = True  # no CUDA graphs / torch.compile (faster start; set false on GPUs)
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     tensor_parallel_size: int = 1
@@ -113,8 +113,8 @@ class RewardConfig:
 
     functions: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math", 1.0), RewardSpec("format", 0.1)])
     num_workers: int = 1
-    processes_per_worker: int = 2
-    timeout_s: float = 5.0
+    processes_per_worker: int = 2  # verifier processes per reward actor
+    timeout_s: float = 5.0  # hard wall-clock limit per reward call; the process is killed after it
     accuracy_from: str = "math"  # the term whose value 1.0 counts as a correct answer
     num_cpus: float = 0.5
 
@@ -123,12 +123,12 @@ class RewardConfig:
 class AlgoConfig:
     """GRPO maths: advantages and the clipped token-level surrogate."""
 
-    norm_adv_by_std: bool = True
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    kl_coef: float = 0.0
+    norm_adv_by_std: bool = True  # false = Dr. GRPO (centre rewards, no std scaling)
+    clip_low: float = 0.2  # ratio clipped below at 1 - clip_low
+    clip_high: float = 0.28  # ratio clipped above at 1 + clip_high (DAPO clip-higher)
+    kl_coef: float = 0.0  # > 0 loads a frozen reference model and adds a KL penalty
     kl_estimator: str = "k3"
-    entropy_coef: float = 0.0
+    entropy_coef: float = 0.0  # > 0 adds an entropy bonus (entropy is always logged)
 
 
 @dataclass(frozen=True)
@@ -136,15 +136,15 @@ class LearnerConfig:
     """The DeepSpeed learner. `num_ranks` data-parallel ranks, each a Ray actor."""
 
     num_ranks: int = 1
-    zero_stage: int = 2
+    zero_stage: int = 2  # DeepSpeed ZeRO stage 0-3
     lr: float = 5e-5
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
-    micro_batch_size: int = 64
-    num_minibatches: int = 1
-    num_threads: int = 2
+    micro_batch_size: int = 64  # sequences per forward/backward; gradients accumulate over a mini-batch
+    num_minibatches: int = 1  # optimizer steps per training step (> 1: off-policy within the step)
+    num_threads: int = 2  # torch intra-op threads per rank (CPU)
     num_cpus: float = 1.0
     num_gpus: float = 0.0
 
@@ -155,9 +155,9 @@ class TrainerConfig:
 
     steps: int = 60
     prompts_per_step: int = 32
-    eval_every: int = 10
-    eval_prompts: int = 256
-    log_samples_every: int = 10
+    eval_every: int = 10  # held-out greedy evaluation every N steps (and at step 0 and the end); 0 = never
+    eval_prompts: int = 256  # held-out prompts used by the in-training evaluation
+    log_samples_every: int = 10  # sample rollouts logged to MLflow every N steps; 0 = never
     output_dir: str = "outputs/run"
     save_final_model: bool = True
 
@@ -186,8 +186,8 @@ class ClusterConfig:
     """`address=None` starts a local Ray cluster; `auto` or `ray://...` joins one."""
 
     address: Optional[str] = None
-    num_cpus: Optional[int] = 4
-    shm_dir: str = "/dev/shm"
+    num_cpus: Optional[int] = 4  # logical CPUs of a local cluster (actors take fractions of them)
+    shm_dir: str = "/dev/shm"  # where the CPU weight sync writes published weights
     log_to_driver: bool = False  # actor logs stay in Ray's session log dir unless set; errors always surface
 
 
