@@ -62,15 +62,15 @@ def test_pool_scores_in_order(pool):
     assert [r.value for r in results] == [1.0, 0.0, 1.0]
 
 
-def test_input_that_hangs_sympy_is_killed_within_timeout(pool):
+@pytest.mark.timeout(30)  # a guard against hanging the suite, not a speed check: the kill is asserted below
+def test_input_that_hangs_sympy_is_killed_at_the_timeout(pool):
     """9^(9^(9^(9^9))) makes sympy evaluate a tower that never finishes; the pool kills it and moves on."""
     hang = "\\boxed{9^{9^{9^{9^{9}}}}}"
-    start = time.monotonic()
+    restarts = pool.restarts
     results = pool.map([Task("math", hang, GOLD, {}), Task("math", "\\boxed{432}", GOLD, {})])
-    elapsed = time.monotonic() - start
-    assert results[0].status == "timeout" and results[0].value == 0.0
+    assert results[0] == Result("timeout", 0.0, "killed after 2.0s")  # the outside deadline fired, not sympy
+    assert pool.restarts == restarts + 1  # the hung worker was killed and replaced
     assert results[1] == Result("ok", 1.0)
-    assert elapsed < 2.0 + 3.0, f"took {elapsed:.1f}s"  # the timeout plus a margin for respawning a worker
     assert pool.map([Task("math", "\\boxed{432}", GOLD, {})])[0].value == 1.0  # the pool still works
 
 
