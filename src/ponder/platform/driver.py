@@ -39,8 +39,9 @@ def train(cfg: PonderConfig) -> TrainResult:
     train_set = load_problems(cfg.data.train, "train", cfg.data.task)
     eval_set = load_problems(cfg.data.eval, "eval", cfg.data.task)[: t.eval_prompts]
     stream = PromptStream(train_set, t.prompts_per_step, cfg.seed)
-    sampling = Sampling(cfg.rollout.samples_per_prompt, cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_tokens)
-    greedy = Sampling(1, 0.0, 1.0, cfg.rollout.max_tokens)
+    r = cfg.rollout
+    sampling = Sampling(r.samples_per_prompt, r.temperature, r.top_p, r.max_tokens)
+    greedy = Sampling(1, 0.0, 1.0, r.max_tokens)
     tracker = Tracker(cfg.tracking, flatten(cfg), to_yaml(cfg))
     result = TrainResult(tracker.run_id, str(out))
     status = "FAILED"
@@ -54,38 +55,22 @@ def train(cfg: PonderConfig) -> TrainResult:
             def evaluate(step: int) -> None:
                 scored = rollout_and_score(rollouts, rewards, eval_set, cfg.data.template, greedy, cfg.seed)
                 # wall-clock of training so far, evaluation excluded: what "time to +N points" is measured in
-                elapsed = sum(h["time/step"] for h in result.history)
+                elapsed = sum(h["time/step"] for h in result.history)  # up to and including `step`
                 result.evals[step] = {**heldout_metrics(scored), "time/train_elapsed_s": elapsed}
                 tracker.log_metrics(result.evals[step], step)
 
             evaluate(0)
             bar = tqdm(range(1, t.steps + 1), desc="grpo", unit="step", dynamic_ncols=True)
             for step in bar:
-                timings: dict[str, float] = {}
                 requests = make_requests(stream.next(), cfg.data.template, cfg.seed, step,
                                          first_group=step * t.prompts_per_step)
-                with timed(timings, "generate"):
-                    generated = [w.generate.remote(shard, sampling)
-                                 for w, shard in zip(rollouts, split_even(requests, len(rollouts)))]
-                    wait_all(generated)
-                with timed(timings, "reward"):
-                    scored = [rewards[i % len(rewards)].score.options(num_returns=2).remote(ref)
-                              for i, ref in enumerate(generated)]
-                    reward_metrics = merge_counts(ray.get([s[1] for s in scored]))
-                with timed(timings, "train"):
-                    metrics = ray.get([rank.train.remote(*[s[0] for s in scored]) for rank in learners])[0]
-                with timed(timings, "weight_sync"):
-                    handle = ray.get([rank.publish_weights.remote(step) for rank in learners])[0]
-                    ray.get([w.load_weights.remote(handle) for w in rollouts])
-                metrics.update(reward_metrics, **{f"time/{k}": v for k, v in timings.items()})
-                metrics["time/step"] = sum(timings.values())
-                metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / max(timings["generate"], 1e-9)
+                metrics, scored = grpo_step(rollouts, rewards, learners, requests, sampling, step)
+                tracker.log_metrics(metrics, step)
+                result.history.append({"step": step, **metrics})
                 if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
                     evaluate(step)
                 if t.log_samples_every and step % t.log_samples_every == 0:
-                    tracker.log_text(samples_jsonl(ray.get(scored[0][0])[:8]), f"samples/step_{step:06d}.jsonl")
-                tracker.log_metrics(metrics, step)
-                result.history.append({"step": step, **metrics})
+                    tracker.log_text(samples_jsonl(ray.get(scored[0])[:8]), f"samples/step_{step:06d}.jsonl")
                 bar.set_postfix(progress_line(metrics, result.evals), refresh=False)
             if t.save_final_model:
                 final = ray.get([rank.save_hf.remote(str(out / "final_model")) for rank in learners])[0]
@@ -98,6 +83,29 @@ def train(cfg: PonderConfig) -> TrainResult:
         raise
     finally:
         tracker.finish(status)
+
+
+def grpo_step(rollouts: list, rewards: list, learners: list, requests: list, sampling: Sampling, step: int
+              ) -> tuple[dict[str, float], list]:
+    """generate → score → train → push, one stage at a time (each timed). Returns metrics and the scored refs."""
+    timings: dict[str, float] = {}
+    with timed(timings, "generate"):
+        shards = split_even(requests, len(rollouts))
+        generated = [w.generate.remote(shard, sampling) for w, shard in zip(rollouts, shards)]
+        wait_all(generated)
+    with timed(timings, "reward"):
+        scored, counts = zip(*[rewards[i % len(rewards)].score.options(num_returns=2).remote(ref)
+                               for i, ref in enumerate(generated)])
+        reward_metrics = merge_counts(ray.get(list(counts)))
+    with timed(timings, "train"):
+        metrics = ray.get([rank.train.remote(*scored) for rank in learners])[0]
+    with timed(timings, "weight_sync"):
+        handle = ray.get([rank.publish_weights.remote(step) for rank in learners])[0]
+        ray.get([w.load_weights.remote(handle) for w in rollouts])
+    metrics.update(reward_metrics, **{f"time/{k}": v for k, v in timings.items()})
+    metrics["time/step"] = sum(timings.values())
+    metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / max(timings["generate"], 1e-9)
+    return metrics, list(scored)
 
 
 @contextmanager
