@@ -26,4 +26,4 @@ def tiny_model_dir(tmp_path_factory) -> str:
     from ponder.platform.config import TinyModelConfig
 
     out = tmp_path_factory.mktemp("tiny") / "init"
-    return str(build_tiny_model(TinyModelConfig(out_dir=str(out), max_position_embeddings=1024)))
+    return str(build_tiny_model(TinyModelConfig(out_dir=str(out))))

@@ -24,6 +24,9 @@ class Sampling:
     temperature: float
     top_p: float
     max_tokens: int
+    # EOS is suppressed before this many tokens (length-controlled runs, benchmarks); the logprobs recorded for those
+    # tokens are of that suppressed distribution, which is the one that sampled them.
+    min_tokens: int = 0
 
 
 class RolloutWorker:
@@ -54,7 +57,8 @@ class RolloutWorker:
             for k in range(sampling.n):
                 prompts.append(TokensPrompt(prompt_token_ids=ids))
                 params.append(SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-                                             max_tokens=sampling.max_tokens, logprobs=0, seed=req.seed + k))
+                                             max_tokens=sampling.max_tokens, min_tokens=sampling.min_tokens,
+                                             logprobs=0, seed=req.seed + k))
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         trajectories = []
         for i, out in enumerate(outputs):
