@@ -8,6 +8,7 @@ except the CLI.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,12 +45,13 @@ def train(cfg: PonderConfig) -> TrainResult:
     greedy = Sampling(1, 0.0, 1.0, r.max_tokens)
     tracker = Tracker(cfg.tracking, flatten(cfg), to_yaml(cfg))
     result = TrainResult(tracker.run_id, str(out))
+    weights_dir = Path(cfg.cluster.shm_dir) / f"ponder-{tracker.run_id}"
     status = "FAILED"
     try:
         with Cluster(cfg) as cluster:
             rollouts = cluster.rollout_pool(cfg.model.path)
             rewards = cluster.reward_pool()
-            learners = cluster.learner_group(cfg.model.path, f"{cfg.cluster.shm_dir}/ponder-{tracker.run_id}")
+            learners = cluster.learner_group(cfg.model.path, str(weights_dir))
             cluster.connect_weight_sync(learners, rollouts)
 
             def evaluate(step: int) -> None:
@@ -82,6 +84,7 @@ def train(cfg: PonderConfig) -> TrainResult:
         status = "KILLED"
         raise
     finally:
+        shutil.rmtree(weights_dir, ignore_errors=True)  # also when a killed learner could not clean up itself
         tracker.finish(status)
 
 
