@@ -10,8 +10,9 @@ from collections import defaultdict
 import ray
 
 from ponder.actors.rollout import Sampling
-from ponder.data.stream import make_requests, split_even
+from ponder.data.stream import make_requests
 from ponder.eval.metrics import majority_correct, pass_at_k
+from ponder.platform.cluster import generate_on, score_on
 from ponder.rewards.extract import last_boxed
 from ponder.types import Problem, Trajectory
 
@@ -19,8 +20,7 @@ from ponder.types import Problem, Trajectory
 def rollout_and_score(rollouts: list, rewards: list, problems: list[Problem], template: str, sampling: Sampling,
                       seed: int) -> list[Trajectory]:
     requests = make_requests(problems, template, seed, step=-1)
-    generated = [w.generate.remote(shard, sampling) for w, shard in zip(rollouts, split_even(requests, len(rollouts)))]
-    scored = [rewards[i % len(rewards)].score.options(num_returns=2).remote(ref)[0] for i, ref in enumerate(generated)]
+    scored, _ = score_on(rewards, generate_on(rollouts, requests, sampling))
     return [t for batch in ray.get(scored) for t in batch]
 
 

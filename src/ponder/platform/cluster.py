@@ -13,6 +13,7 @@ import ray
 
 from ponder.actors.reward import RewardWorker
 from ponder.actors.rollout import RolloutWorker
+from ponder.data.stream import split_even
 from ponder.learner.worker import LearnerWorker
 from ponder.platform.config import PonderConfig
 
@@ -76,6 +77,17 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def generate_on(rollouts: list, requests: list, sampling) -> list:
+    """Fan requests out over the rollout pool in even, consecutive shards: one trajectory-list ref per engine."""
+    return [w.generate.remote(shard, sampling) for w, shard in zip(rollouts, split_even(requests, len(rollouts)))]
+
+
+def score_on(rewards: list, generated: list) -> tuple[list, list]:
+    """Score each generated batch on the reward pool, round-robin: (scored trajectory refs, reward-count refs)."""
+    pairs = [rewards[i % len(rewards)].score.options(num_returns=2).remote(ref) for i, ref in enumerate(generated)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def _free_port() -> int:

@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from ponder.actors.rollout import Sampling
 from ponder.data.datasets import load_problems
-from ponder.data.stream import PromptStream, make_requests, split_even
+from ponder.data.stream import PromptStream, make_requests
 from ponder.eval.heldout import heldout_metrics, rollout_and_score
-from ponder.platform.cluster import Cluster
+from ponder.platform.cluster import Cluster, generate_on, score_on
 from ponder.platform.config import PonderConfig, flatten, to_yaml
 from ponder.platform.plots import plot_curves
 from ponder.platform.tracking import Tracker
@@ -93,13 +93,11 @@ def grpo_step(rollouts: list, rewards: list, learners: list, requests: list, sam
     """generate → score → train → push, one stage at a time (each timed). Returns metrics and the scored refs."""
     timings: dict[str, float] = {}
     with timed(timings, "generate"):
-        shards = split_even(requests, len(rollouts))
-        generated = [w.generate.remote(shard, sampling) for w, shard in zip(rollouts, shards)]
+        generated = generate_on(rollouts, requests, sampling)
         wait_all(generated)
     with timed(timings, "reward"):
-        scored, counts = zip(*[rewards[i % len(rewards)].score.options(num_returns=2).remote(ref)
-                               for i, ref in enumerate(generated)])
-        reward_metrics = merge_counts(ray.get(list(counts)))
+        scored, counts = score_on(rewards, generated)
+        reward_metrics = merge_counts(ray.get(counts))
     with timed(timings, "train"):
         metrics = ray.get([rank.train.remote(*scored) for rank in learners])[0]
     with timed(timings, "weight_sync"):
@@ -108,7 +106,7 @@ def grpo_step(rollouts: list, rewards: list, learners: list, requests: list, sam
     metrics.update(reward_metrics, **{f"time/{k}": v for k, v in timings.items()})
     metrics["time/step"] = sum(timings.values())
     metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / max(timings["generate"], 1e-9)
-    return metrics, list(scored)
+    return metrics, scored
 
 
 @contextmanager
