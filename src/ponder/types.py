@@ -25,6 +25,7 @@ class RolloutRequest:
     problem: Problem
     prompt_text: str
     seed: int
+    max_tokens: Optional[int] = None  # per-request length cap (benchmarks with a long-tailed length mix)
 
 
 @dataclass
@@ -39,7 +40,8 @@ class Trajectory:
     response_text: str
     logprobs: list[float]  # behaviour logprobs from the engine, one per response token
     finish_reason: str
-    policy_version: int
+    policy_version: int  # the oldest weights that produced any of its tokens (what staleness is measured from)
+    token_versions: list[int] = field(default_factory=list)  # per response token: the weights that sampled it
     reward: float = 0.0
     reward_terms: dict[str, float] = field(default_factory=dict)
     correct: bool = False
@@ -55,3 +57,29 @@ class WeightsVersion:
     checksum: str
     num_bytes: int
     tensors: dict[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape)
+
+
+@dataclass(frozen=True)
+class GroupMeta:
+    """What the trajectory buffer knows of a finished group without loading it: enough to account and to bound
+    staleness."""
+
+    group_id: int
+    num_samples: int
+    min_version: int
+    max_version: int
+    num_tokens: int
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    """The reward actor's small companion to a scored batch: counts for logging, rewards for dynamic sampling."""
+
+    counts: dict[str, float]
+    rewards: tuple[float, ...]
+    masked: int
+
+    @property
+    def zero_variance(self) -> bool:
+        """All rewards equal: GRPO advantages are all zero, so the group teaches nothing."""
+        return max(self.rewards) - min(self.rewards) < 1e-9 if self.rewards else True

@@ -44,7 +44,7 @@ def one_step(parts, step: int):
     metrics = ray.get(learner.train.remote(scored))
     handle = ray.get(learner.publish_weights.remote(step))
     assert ray.get(rollout.load_weights.remote(handle)) == step
-    return ray.get(scored), ray.get(counts), metrics, handle
+    return ray.get(scored), ray.get(counts).counts, metrics, handle
 
 
 def test_full_training_step_and_version_stamps(parts):

@@ -2,7 +2,7 @@
 
 Owns a `HardTimeoutPool` of verifier processes. Receives trajectory batches (Ray resolves the ObjectRefs it is given),
 fills in each trajectory's weighted reward, its terms, correctness and mask, and returns the batch plus a small
-metrics dict for the driver. A plain class: Ray is applied in `platform/cluster.py`.
+`ScoreReport` (counts for the driver, rewards for the trajectory buffer's dynamic sampling). A plain class: Ray is applied in `platform/cluster.py`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from ponder.platform.config import RewardConfig, RewardSpec
 from ponder.rewards.base import RewardOutcome
 from ponder.rewards.pool import HardTimeoutPool, Result, Task
 from ponder.rewards.registry import resolve
-from ponder.types import Trajectory
+from ponder.types import ScoreReport, Trajectory
 
 
 class RewardWorker:
@@ -23,7 +23,7 @@ class RewardWorker:
         self.cfg = cfg
         self.pool = HardTimeoutPool(cfg.processes_per_worker, cfg.timeout_s)
 
-    def score(self, *batches: list[Trajectory]) -> tuple[list[Trajectory], dict[str, float]]:
+    def score(self, *batches: list[Trajectory]) -> tuple[list[Trajectory], ScoreReport]:
         trajectories = [t for batch in batches for t in batch]
         specs = [self._specs_for(t) for t in trajectories]
         tasks = [Task(s.name, t.response_text, t.problem, dict(s.options)) for t, ss in zip(trajectories, specs)
@@ -35,7 +35,10 @@ class RewardWorker:
             traj.reward, traj.reward_terms, traj.masked = outcome.reward, outcome.terms, outcome.masked
             traj.correct = outcome.terms.get(self.cfg.accuracy_from, 0.0) >= 1.0
             counts.update({"timeouts": len(outcome.timeouts), "errors": len(outcome.errors), "masked": outcome.masked})
-        return trajectories, {f"reward/{k}": float(v) for k, v in counts.items()}
+        report = ScoreReport(counts={f"reward/{k}": float(v) for k, v in counts.items()},
+                             rewards=tuple(t.reward for t in trajectories if not t.masked),
+                             masked=sum(t.masked for t in trajectories))
+        return trajectories, report
 
     def _specs_for(self, traj: Trajectory) -> list[RewardSpec]:
         """A dataset row may name its own reward; otherwise the configured list applies."""

@@ -18,9 +18,10 @@ from ponder.types import Problem, Trajectory
 
 
 def rollout_and_score(rollouts: list, rewards: list, problems: list[Problem], template: str, sampling: Sampling,
-                      seed: int) -> list[Trajectory]:
+                      seed: int, min_version: int = 0) -> list[Trajectory]:
+    """Generate and score `problems` once every engine serves weights of at least `min_version`."""
     requests = make_requests(problems, template, seed, step=-1)
-    scored, _ = score_on(rewards, generate_on(rollouts, requests, sampling))
+    scored, _ = score_on(rewards, generate_on(rollouts, requests, sampling, min_version))
     return [t for batch in ray.get(scored) for t in batch]
 
 

@@ -23,23 +23,67 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                      clip_low: float, clip_high: float, normaliser: float) -> tuple[torch.Tensor, dict[str, float]]:
+                      clip_low: float, clip_high: float, normaliser: float, weights: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO/GRPO clipped objective with separate low/high clip (DAPO's clip-higher), as a loss to minimise.
 
-    logp, old_logp, mask: [B, T]; advantages: [B] (one per sequence, broadcast over its tokens).
-    Returns (sum over tokens of max(-A·r, -A·clip(r, 1-low, 1+high)) / normaliser, metrics).
+    logp, old_logp, mask: [B, T]; advantages: [B] (one per sequence, broadcast over its tokens); weights: optional
+    [B, T] per-token importance weights (from `behaviour_correction`), applied outside the clip.
+    Returns (sum over tokens of w·max(-A·r, -A·clip(r, 1-low, 1+high)) / normaliser, metrics), r = exp(logp-old_logp).
+
+    >>> loss, _ = clipped_surrogate(torch.log(torch.tensor([[1.5, 0.5]])), torch.zeros(1, 2), torch.tensor([1.0]),
+    ...                             torch.ones(1, 2), 0.2, 0.28, normaliser=2.0)
+    >>> round(float(loss), 4)  # tokens clipped to 1.28 and kept at 0.5: -(1.28 + 0.5) / 2
+    -0.89
     """
     ratio = torch.exp(logp - old_logp)
     adv = advantages.unsqueeze(-1)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(unclipped, clipped)
+    if weights is not None:
+        per_token = per_token * weights
     loss = (per_token * mask).sum() / normaliser
     with torch.no_grad():
         n = mask.sum().clamp(min=1)
         metrics = {"clip_frac": float(((clipped > unclipped).float() * mask).sum() / n),
                    "ratio_mean": float((ratio * mask).sum() / n)}
     return loss, metrics
+
+
+def behaviour_correction(prox_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor, mode: str,
+                         cap: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Per-token weights for samples drawn by a behaviour policy μ (the engine's weights, possibly versions old; vLLM
+    recorded log μ per token) while the clipped ratio is taken against the proximal policy π_prox (the learner's
+    weights at the start of this step). w = π_prox / μ:
+      none       w = 1: the gap is ignored (exact only when the engine serves the learner's current weights)
+      tis        w = min(π_prox/μ, cap): truncated importance sampling (bounded variance, small bias)
+      decoupled  w = π_prox/μ, and tokens with w > cap leave the loss: decoupled PPO with AReaL's cap
+
+    prox_logp, behaviour_logp, mask: [B, T]. Returns (weights [B, T], mask [B, T], metrics), weights detached.
+
+    >>> w, keep, m = behaviour_correction(torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.1, 0.9]])),
+    ...                                   torch.ones(1, 2), "tis", cap=2.0)
+    >>> w.tolist(), keep.tolist(), m["is_capped_frac"]
+    ([[2.0, 1.0]], [[1.0, 1.0]], 0.5)
+    """
+    with torch.no_grad():
+        raw = torch.exp(prox_logp - behaviour_logp)
+        capped = (raw > cap).float() * mask
+        if mode == "none":
+            weights, keep = torch.ones_like(raw), mask
+        elif mode == "tis":
+            weights, keep = raw.clamp(max=cap), mask
+        elif mode == "decoupled":
+            weights, keep = raw, mask * (raw <= cap).float()
+        else:
+            raise ValueError(f"unknown off-policy correction {mode!r}; use none, tis or decoupled")
+        n = mask.sum().clamp(min=1)
+        metrics = {"is_weight_mean": float((raw * mask).sum() / n),
+                   "is_weight_max": float((raw * mask).max()) if mask.any() else 1.0,
+                   "is_capped_frac": float(capped.sum() / n),
+                   "behaviour_kl": float((kl_penalty(behaviour_logp, prox_logp, "k3") * mask).sum() / n)}
+    return weights, keep, metrics
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:

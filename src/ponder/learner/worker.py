@@ -18,7 +18,8 @@ import torch
 
 from ponder.learner.advantages import grpo_advantages
 from ponder.learner.batching import Packed, chunks, pack, shard_groups
-from ponder.learner.losses import clipped_surrogate, entropy, kl_penalty, masked_sum, token_logprobs
+from ponder.learner.losses import (behaviour_correction, clipped_surrogate, entropy, kl_penalty, masked_sum,
+                                  token_logprobs)
 from ponder.platform.config import AlgoConfig, LearnerConfig
 from ponder.transport.weights import ShmWeightSender
 from ponder.types import Trajectory, WeightsVersion
@@ -92,16 +93,20 @@ class LearnerWorker:
         return advantages
 
     def _minibatch_step(self, micro: list[Packed], metrics: dict[str, list[float]], reuse_logprobs: bool) -> None:
-        """One optimizer step over `micro`. With a single mini-batch per step the policy has not moved since
-        generation, so the "old" logprobs are this forward's own, detached; otherwise they are computed first."""
+        """One optimizer step over `micro`. The clipped ratio is taken against the proximal policy (this step's weights
+        before the update: with a single mini-batch per step, this forward's own logprobs, detached; otherwise computed
+        first); `behaviour_correction` reweights for the engine's behaviour logprobs, which may be versions older."""
         normaliser = float(sum(p.response_mask.sum() for p in micro).clamp(min=1))
         old = None if reuse_logprobs else [self._logprobs(p, grad=False)[0] for p in micro]
         for i, p in enumerate(micro):
             logp, logits = self._logprobs(p, grad=True)
-            old_logp = logp.detach() if old is None else old[i]
+            prox_logp = logp.detach() if old is None else old[i]
             mask = p.response_mask.to(logp.device)
-            loss, stats = clipped_surrogate(logp, old_logp, p.advantages.to(logp.device), mask,
-                                            self.algo.clip_low, self.algo.clip_high, normaliser)
+            weights, keep, is_stats = behaviour_correction(prox_logp, p.behaviour_logprobs.to(logp.device), mask,
+                                                           self.algo.off_policy, self.algo.is_cap)
+            loss, stats = clipped_surrogate(logp, prox_logp, p.advantages.to(logp.device), keep,
+                                            self.algo.clip_low, self.algo.clip_high, normaliser, weights)
+            stats.update(is_stats)
             ent = entropy(logits)
             if self.algo.entropy_coef:
                 loss = loss - self.algo.entropy_coef * masked_sum(ent, mask) / normaliser
@@ -189,4 +194,6 @@ def rollout_stats(trajectories: list[Trajectory]) -> dict[str, float]:
         "rollout/response_len_mean": float(lengths.mean()), "rollout/response_len_max": float(lengths.max()),
         "rollout/truncated_frac": sum(t.finish_reason == "length" for t in trajectories) / len(trajectories),
         "rollout/tokens": float(lengths.sum()),
+        # samples whose tokens came from more than one policy version (partial rollouts across a weight update)
+        "rollout/multi_version_frac": sum(len(set(t.token_versions)) > 1 for t in trajectories) / len(trajectories),
     }

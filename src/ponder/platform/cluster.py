@@ -1,7 +1,9 @@
 """Placement: the only place Ray actors are created (ray.remote is applied here, at the edge).
 
-Rollout, reward and learner pools are sized independently from their own sub-configs. On a 2-core machine actors
-take fractional `num_cpus`; the synchronous loop runs one stage at a time, so each stage gets the cores while it runs.
+Rollout, reward and learner pools are sized independently from their own sub-configs, and the driver code does not
+change with their sizes. On a 2-core machine actors take fractional `num_cpus`. Rollout actors and the trajectory
+buffer are threaded actors: a rollout actor's engine thread keeps decoding while its other threads take weights and
+new prompts; the buffer answers `put` while a `take` waits.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import socket
 
 import ray
 
+from ponder.actors.buffer import TrajectoryBuffer
 from ponder.actors.reward import RewardWorker
 from ponder.actors.rollout import RolloutWorker
 from ponder.data.stream import split_even
@@ -34,7 +37,7 @@ class Cluster:
 
     def rollout_pool(self, model_path: str) -> list:
         c = self.cfg.rollout
-        cls = ray.remote(num_cpus=c.num_cpus, num_gpus=c.num_gpus)(RolloutWorker)
+        cls = ray.remote(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_concurrency=8)(RolloutWorker)
         return self._track([cls.remote(model_path, self.cfg.model.dtype, c, self.cfg.seed + i)
                             for i in range(c.num_workers)])
 
@@ -42,6 +45,10 @@ class Cluster:
         c = self.cfg.reward
         cls = ray.remote(num_cpus=c.num_cpus)(RewardWorker)
         return self._track([cls.remote(c) for _ in range(c.num_workers)])
+
+    def buffer(self, max_staleness: int, dynamic_sampling: bool):
+        cls = ray.remote(num_cpus=0, max_concurrency=4)(TrajectoryBuffer)
+        return self._track([cls.remote(max_staleness, dynamic_sampling)])[0]
 
     def learner_group(self, model_path: str, weights_dir: str) -> list:
         c, t = self.cfg.learner, self.cfg.trainer
@@ -79,9 +86,11 @@ class Cluster:
         self.shutdown()
 
 
-def generate_on(rollouts: list, requests: list, sampling) -> list:
-    """Fan requests out over the rollout pool in even, consecutive shards: one trajectory-list ref per engine."""
-    return [w.generate.remote(shard, sampling) for w, shard in zip(rollouts, split_even(requests, len(rollouts)))]
+def generate_on(rollouts: list, requests: list, sampling, min_version: int = 0) -> list:
+    """Fan requests out over the rollout pool in even, consecutive shards: one trajectory-list ref per engine.
+    Each engine starts them once it serves weights of at least `min_version`."""
+    return [w.generate.remote(shard, sampling, min_version)
+            for w, shard in zip(rollouts, split_even(requests, len(rollouts)))]
 
 
 def score_on(rewards: list, generated: list) -> tuple[list, list]:

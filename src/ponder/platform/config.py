@@ -129,6 +129,8 @@ class AlgoConfig:
     kl_coef: float = 0.0  # > 0 loads a frozen reference model and adds a KL penalty
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0  # > 0 adds an entropy bonus (entropy is always logged)
+    off_policy: str = "tis"  # behaviour-policy correction: none | tis (truncated IS) | decoupled (decoupled PPO)
+    is_cap: float = 2.0  # tis: importance weights truncated at this; decoupled: tokens above it are masked
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,17 @@ class LearnerConfig:
     num_threads: int = 2  # torch intra-op threads per rank (CPU)
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How generation and training overlap. `sync` runs one stage at a time; `one_step_off` and `async` stream scored
+    groups into a bounded buffer while the learner trains, with samples at most `max_staleness` versions old."""
+
+    mode: str = "sync"  # sync | one_step_off (= async with max_staleness 1, no partial rollouts) | async
+    max_staleness: int = 1  # async: largest gap in policy versions between generating and training weights
+    partial_rollouts: bool = True  # async: in-flight samples take new weights mid-generation instead of finishing
+    dynamic_sampling: bool = False  # streaming modes: drop groups whose rewards are all equal, refill (DAPO)
 
 
 @dataclass(frozen=True)
@@ -204,6 +217,7 @@ class PonderConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -268,7 +282,7 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
 
 def validate(cfg: PonderConfig) -> None:
     """Cross-field rules, each with the fix in its message."""
-    r, lr, t, a = cfg.rollout, cfg.learner, cfg.trainer, cfg.algo
+    r, lr, t, a, p = cfg.rollout, cfg.learner, cfg.trainer, cfg.algo, cfg.pipeline
     checks = [
         (r.samples_per_prompt >= 1, "rollout.samples_per_prompt must be >= 1"),
         (r.samples_per_prompt == 1 or r.temperature > 0, "rollout.samples_per_prompt > 1 needs rollout.temperature > 0 (greedy samples would be identical)"),
@@ -285,6 +299,15 @@ def validate(cfg: PonderConfig) -> None:
         (lr.zero_stage in (0, 1, 2, 3), "learner.zero_stage must be 0, 1, 2 or 3"),
         (a.kl_estimator in ("k1", "k2", "k3"), f"algo.kl_estimator must be k1, k2 or k3, got {a.kl_estimator!r}"),
         (a.clip_low >= 0 and a.clip_high >= 0, "algo.clip_low and algo.clip_high must be >= 0"),
+        (a.off_policy in ("none", "tis", "decoupled"),
+         f"algo.off_policy must be none, tis or decoupled, got {a.off_policy!r}"),
+        (a.is_cap >= 1.0, "algo.is_cap must be >= 1 (importance weights are capped at it)"),
+        (p.mode in ("sync", "one_step_off", "async"),
+         f"pipeline.mode must be sync, one_step_off or async, got {p.mode!r}"),
+        (p.max_staleness >= 0, "pipeline.max_staleness must be >= 0"),
+        (not p.dynamic_sampling or p.mode != "sync",
+         "pipeline.dynamic_sampling refills the batch from a stream: use pipeline.mode=async (max_staleness=0 keeps "
+         "the synchronous schedule) or one_step_off"),
         (cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype must be float32, bfloat16 or float16"),
         (len(cfg.reward.functions) > 0, "reward.functions is empty: add at least one, e.g. {name: math, weight: 1.0}"),
         (cfg.reward.timeout_s > 0, "reward.timeout_s must be > 0"),

@@ -1,8 +1,10 @@
-"""The synchronous RL loop: generate → score → train → push weights → log.
+"""The RL loop: generate → score → train → push weights → log, synchronous or streaming.
 
-Trajectories travel as ObjectRefs from rollout actors to reward actors to learner ranks; the driver holds refs and
-pulls only metrics (and, every `log_samples_every` steps, a handful of samples to log). Nothing imports this module
-except the CLI.
+`sync` runs the stages one after another (`grpo_step`). `one_step_off` and `async` let the rollout actors generate
+continuously into the trajectory buffer while the learner trains (`streaming_step`; platform/pipeline.py keeps the
+engines fed). Either way trajectories travel as ObjectRefs from rollout actors to reward actors to learner ranks; the
+driver holds refs and pulls only metrics (and, every `log_samples_every` steps, a handful of samples to log).
+Nothing imports this module except the CLI.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
+from ponder.actors.buffer import Ledger
 from ponder.actors.rollout import Sampling
 from ponder.data.datasets import load_problems
 from ponder.data.stream import PromptStream, make_requests
 from ponder.eval.heldout import heldout_metrics, rollout_and_score
 from ponder.platform.cluster import Cluster, generate_on, score_on
 from ponder.platform.config import PonderConfig, flatten, to_yaml
+from ponder.platform.pipeline import Schedule, StreamingRollouts
 from ponder.platform.plots import plot_curves
 from ponder.platform.tracking import Tracker
 
@@ -33,6 +37,7 @@ class TrainResult:
     output_dir: str
     history: list[dict[str, float]] = field(default_factory=list)
     evals: dict[int, dict[str, float]] = field(default_factory=dict)
+    accounting: dict[str, float] = field(default_factory=dict)  # samples generated / trained / dropped per reason
 
 
 def train(cfg: PonderConfig) -> TrainResult:
@@ -47,26 +52,39 @@ def train(cfg: PonderConfig) -> TrainResult:
     result = TrainResult(tracker.run_id, str(out))
     weights_dir = Path(cfg.cluster.shm_dir) / f"ponder-{tracker.run_id}"
     status = "FAILED"
+
+    def prompt_batch(index: int) -> list:  # the index-th batch of the run (= its step in sync mode)
+        return make_requests(stream.next(), cfg.data.template, cfg.seed, index, first_group=index * t.prompts_per_step)
+
     try:
         with Cluster(cfg) as cluster:
             rollouts = cluster.rollout_pool(cfg.model.path)
             rewards = cluster.reward_pool()
             learners = cluster.learner_group(cfg.model.path, str(weights_dir))
             cluster.connect_weight_sync(learners, rollouts)
+            ledger, pipeline = Ledger(), None
+            if cfg.pipeline.mode != "sync":
+                schedule = Schedule.of(cfg.pipeline)
+                buffer = cluster.buffer(schedule.max_staleness, cfg.pipeline.dynamic_sampling)
+                pipeline = StreamingRollouts(schedule, prompt_batch, rollouts, rewards, buffer, sampling,
+                                             t.prompts_per_step)
 
-            def evaluate(step: int) -> None:
-                scored = rollout_and_score(rollouts, rewards, eval_set, cfg.data.template, greedy, cfg.seed)
+            def run_step(step: int) -> tuple[dict[str, float], list]:
+                if pipeline is None:
+                    return grpo_step(rollouts, rewards, learners, prompt_batch(step), sampling, step, ledger)
+                return streaming_step(pipeline, learners, step)
+
+            def evaluate(step: int) -> None:  # waits for every engine to serve the weights of `step`
+                scored = rollout_and_score(rollouts, rewards, eval_set, cfg.data.template, greedy, cfg.seed, step)
                 # wall-clock of training so far, evaluation excluded: what "time to +N points" is measured in
                 elapsed = sum(h["time/step"] for h in result.history)  # up to and including `step`
                 result.evals[step] = {**heldout_metrics(scored), "time/train_elapsed_s": elapsed}
                 tracker.log_metrics(result.evals[step], step)
 
             evaluate(0)
-            bar = tqdm(range(1, t.steps + 1), desc="grpo", unit="step", dynamic_ncols=True)
+            bar = tqdm(range(1, t.steps + 1), desc=f"grpo {cfg.pipeline.mode}", unit="step", dynamic_ncols=True)
             for step in bar:
-                requests = make_requests(stream.next(), cfg.data.template, cfg.seed, step,
-                                         first_group=step * t.prompts_per_step)
-                metrics, scored = grpo_step(rollouts, rewards, learners, requests, sampling, step)
+                metrics, scored = run_step(step)
                 tracker.log_metrics(metrics, step)
                 result.history.append({"step": step, **metrics})
                 if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
@@ -74,6 +92,8 @@ def train(cfg: PonderConfig) -> TrainResult:
                 if t.log_samples_every and step % t.log_samples_every == 0:
                     tracker.log_text(samples_jsonl(ray.get(scored[0])[:8]), f"samples/step_{step:06d}.jsonl")
                 bar.set_postfix(progress_line(metrics, result.evals), refresh=False)
+            result.accounting = ledger.as_metrics() if pipeline is None else pipeline.close()
+            tracker.log_metrics({f"final/{k}": v for k, v in result.accounting.items()}, t.steps)
             if t.save_final_model:
                 final = ray.get([rank.save_hf.remote(str(out / "final_model")) for rank in learners])[0]
                 tracker.log_artifact(final, "final_model")
@@ -88,25 +108,44 @@ def train(cfg: PonderConfig) -> TrainResult:
         tracker.finish(status)
 
 
-def grpo_step(rollouts: list, rewards: list, learners: list, requests: list, sampling: Sampling, step: int
-              ) -> tuple[dict[str, float], list]:
+def grpo_step(rollouts: list, rewards: list, learners: list, requests: list, sampling: Sampling, step: int,
+              ledger: Ledger) -> tuple[dict[str, float], list]:
     """generate → score → train → push, one stage at a time (each timed). Returns metrics and the scored refs."""
     timings: dict[str, float] = {}
     with timed(timings, "generate"):
         generated = generate_on(rollouts, requests, sampling)
         wait_all(generated)
     with timed(timings, "reward"):
-        scored, counts = score_on(rewards, generated)
-        reward_metrics = merge_counts(ray.get(counts))
+        scored, reports = score_on(rewards, generated)
+        reports = ray.get(reports)
+        reward_metrics = merge_counts([r.counts for r in reports])
     with timed(timings, "train"):
         metrics = ray.get([rank.train.remote(*scored) for rank in learners])[0]
     with timed(timings, "weight_sync"):
         handle = ray.get([rank.publish_weights.remote(step) for rank in learners])[0]
         ray.get([w.load_weights.remote(handle) for w in rollouts])
-    metrics.update(reward_metrics, **{f"time/{k}": v for k, v in timings.items()})
+    ledger.generated(len(requests) * sampling.n)
+    ledger.trained(len(requests) * sampling.n, masked=sum(r.masked for r in reports))
+    metrics.update(reward_metrics, **ledger.as_metrics(), **{f"time/{k}": v for k, v in timings.items()})
     metrics["time/step"] = sum(timings.values())
     metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / max(timings["generate"], 1e-9)
     return metrics, scored
+
+
+def streaming_step(pipeline: StreamingRollouts, learners: list, step: int) -> tuple[dict[str, float], list]:
+    """wait for a batch of fresh groups → train → publish; the engines generate all along and take the weights
+    without the driver waiting. `time/wait` is the generation the learner could not hide."""
+    timings: dict[str, float] = {}
+    with timed(timings, "wait"):
+        batch = pipeline.next_batch(step)
+    with timed(timings, "train"):
+        metrics = ray.get([rank.train.remote(*batch.refs) for rank in learners])[0]
+    with timed(timings, "weight_sync"):
+        pipeline.push(ray.get([rank.publish_weights.remote(step) for rank in learners])[0])
+    metrics.update(batch.metrics, **{f"time/{k}": v for k, v in timings.items()})
+    metrics["time/step"] = sum(timings.values())
+    metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / max(metrics["time/step"], 1e-9)
+    return metrics, batch.refs
 
 
 @contextmanager
@@ -133,8 +172,7 @@ def progress_line(metrics: dict[str, float], evals: dict[int, dict[str, float]])
     last_eval = evals[max(evals)]["eval/accuracy"] if evals else float("nan")
     return {"reward": f"{metrics['rollout/reward_mean']:.3f}", "acc": f"{metrics['rollout/accuracy']:.2f}",
             "heldout": f"{last_eval:.2f}", "tok/s": f"{metrics['perf/tokens_per_s']:.0f}",
-            "gen/rew/train/sync": "/".join(f"{metrics[f'time/{k}']:.1f}"
-                                           for k in ("generate", "reward", "train", "weight_sync"))}
+            "time": "/".join(f"{k[5:]} {v:.1f}" for k, v in metrics.items() if k.startswith("time/") and k != "time/step")}
 
 
 def samples_jsonl(trajectories: list) -> str:

@@ -1,0 +1,152 @@
+"""The trajectory buffer: finished, scored groups waiting between the rollout actors and the learner.
+
+Rollout actors `put` each finished group as two refs — its scored trajectories and their `ScoreReport` — with its
+`GroupMeta`; the driver `take`s a training batch of whole groups as refs and hands them to the learner ranks, so the
+trajectories themselves never pass through the driver. The group is the unit throughout (GRPO normalises within it).
+
+The buffer owns the streaming pipeline's accounting (`Ledger`): every generated sample is trained on or dropped with a
+reason — `stale` (older than `max_staleness` versions when its step came), `zero_variance` (dynamic sampling: all
+rewards equal, so zero advantage), `reward_error` (a failed reward masked it), `run_ended` (still here at the end).
+It is bounded by the producer's credit (platform/pipeline.py): no more than (max_staleness + 2) steps of groups are
+ever alive. A threaded actor (Ray is applied in platform/cluster.py); a reward that raised surfaces from `take`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ponder.types import GroupMeta, ScoreReport
+
+DROP_REASONS = ("stale", "zero_variance", "reward_error", "run_ended")
+
+
+class Ledger:
+    """Sample counts: generated = trained + Σ dropped[reason] + buffered, at every moment.
+
+    >>> ledger = Ledger()
+    >>> ledger.generated(16); ledger.trained(8, masked=1); ledger.dropped("stale", 8)
+    >>> ledger.as_metrics()["samples/dropped_reward_error"], ledger.as_metrics()["samples/buffered"]
+    (1.0, 0.0)
+    """
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def generated(self, samples: int) -> None:
+        self.counts["generated"] += samples
+
+    def trained(self, samples: int, masked: int = 0) -> None:
+        """A trained group's masked samples carry no loss: they count as dropped for `reward_error`."""
+        self.counts["trained"] += samples - masked
+        self.counts["dropped_reward_error"] += masked
+
+    def dropped(self, reason: str, samples: int) -> None:
+        if reason not in DROP_REASONS:
+            raise ValueError(f"unknown drop reason {reason!r}; one of {DROP_REASONS}")
+        self.counts[f"dropped_{reason}"] += samples
+        self.counts["groups_dropped"] += 1
+
+    def as_metrics(self) -> dict[str, float]:
+        out = {f"samples/{k}": float(self.counts[k]) for k in ("generated", "trained")}
+        out.update({f"samples/dropped_{r}": float(self.counts[f"dropped_{r}"]) for r in DROP_REASONS})
+        out["samples/buffered"] = out["samples/generated"] - out["samples/trained"] - sum(
+            out[f"samples/dropped_{r}"] for r in DROP_REASONS)
+        out["groups/dropped"] = float(self.counts["groups_dropped"])
+        return out
+
+
+@dataclass
+class Batch:
+    """One training step's groups, as refs to scored trajectory lists, sorted by group id, with their metadata."""
+
+    refs: list
+    metas: list[GroupMeta]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class TrajectoryBuffer:
+    def __init__(self, max_staleness: int, dynamic_sampling: bool):
+        self.max_staleness, self.dynamic_sampling = max_staleness, dynamic_sampling
+        self.ledger = Ledger()
+        self._lock = threading.Lock()
+        self._scoring: list[tuple[GroupMeta, object, object]] = []  # (meta, scored ref, report ref): being scored
+        self._ready: list[tuple[GroupMeta, object, ScoreReport]] = []  # scored and kept, in arrival order
+
+    def put(self, meta: GroupMeta, refs: list) -> None:
+        scored, report = refs
+        with self._lock:
+            self._scoring.append((meta, scored, report))
+            self.ledger.generated(meta.num_samples)
+
+    def take(self, num_groups: int, step: int, timeout_s: float) -> Batch | None:
+        """The oldest `num_groups` fresh groups for training step `step` (the learner then holds version step - 1),
+        or None if they are not there within `timeout_s`. Groups too stale for `step` are dropped on the way."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._collect_scored(wait_s=min(0.05, max(0.0, deadline - time.monotonic())))
+            with self._lock:
+                for meta, _, _ in [g for g in self._ready if self.staleness(g[0], step) > self.max_staleness]:
+                    self.ledger.dropped("stale", meta.num_samples)
+                self._ready = [g for g in self._ready if self.staleness(g[0], step) <= self.max_staleness]
+                if len(self._ready) >= num_groups:
+                    taken, self._ready = self._ready[:num_groups], self._ready[num_groups:]
+                    return self._batch(taken, step)
+            if time.monotonic() >= deadline:
+                return None
+
+    @staticmethod
+    def staleness(meta: GroupMeta, step: int) -> int:
+        """Versions between the oldest weights that sampled any token of the group and the weights training on it."""
+        return (step - 1) - meta.min_version
+
+    def _batch(self, taken: list, step: int) -> Batch:
+        taken.sort(key=lambda g: g[0].group_id)
+        for meta, _, report in taken:
+            self.ledger.trained(meta.num_samples, masked=report.masked)
+        stale = [self.staleness(meta, step) for meta, _, _ in taken]
+        metrics = {"pipeline/staleness_mean": sum(stale) / len(stale), "pipeline/staleness_max": float(max(stale)),
+                   "pipeline/buffered_groups": float(len(self._ready)),
+                   "pipeline/scoring_groups": float(len(self._scoring)), **self.ledger.as_metrics()}
+        for name, value in sum((Counter(r.counts) for _, _, r in taken), Counter()).items():
+            metrics[name] = float(value)
+        return Batch(refs=[scored for _, scored, _ in taken], metas=[meta for meta, _, _ in taken], metrics=metrics)
+
+    def _collect_scored(self, wait_s: float) -> None:
+        """Move groups whose reward has arrived to the ready list (or drop them: dynamic sampling)."""
+        import ray
+
+        with self._lock:
+            pending = [report for _, _, report in self._scoring]
+        if not pending:
+            time.sleep(wait_s)
+            return
+        ray.wait(pending, num_returns=1, timeout=wait_s, fetch_local=False)
+        done, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
+        if not done:
+            return
+        reports = dict(zip(done, ray.get(done)))  # a reward actor's exception surfaces here, with its traceback
+        with self._lock:
+            still = []
+            for meta, scored, ref in self._scoring:
+                if ref not in reports:
+                    still.append((meta, scored, ref))
+                elif self.dynamic_sampling and reports[ref].zero_variance:
+                    self.ledger.dropped("zero_variance", meta.num_samples)
+                else:
+                    self._ready.append((meta, scored, reports[ref]))
+            self._scoring = still
+
+    def counts(self) -> dict[str, float]:
+        with self._lock:
+            return self.ledger.as_metrics()
+
+    def close(self) -> dict[str, float]:
+        """End of training: whatever is still here is dropped as `run_ended`; returns the final accounting."""
+        with self._lock:
+            for meta, *_ in self._scoring + self._ready:
+                self.ledger.dropped("run_ended", meta.num_samples)
+            self._scoring, self._ready = [], []
+            return self.ledger.as_metrics()
