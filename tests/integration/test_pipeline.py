@@ -24,7 +24,10 @@ LOGPROB_TOLERANCE = 1e-4  # float32 on both sides; seen here: max abs difference
 def parts(tiny_model_dir, tmp_path_factory):
     cfg = load_config([], ["rollout.max_model_len=4096", "rollout.kv_cache_gb=0.25", "trainer.prompts_per_step=4",
                            f"rollout.samples_per_prompt={SAMPLING.n}", "learner.micro_batch_size=8",
-                           "learner.lr=1e-3", "cluster.num_cpus=4"])
+                           "learner.lr=1e-3", "cluster.num_cpus=4",
+                           # random weights solve nothing, so every advantage is 0: the entropy bonus makes each
+                           # update move the weights, so that "the engine serves the new weights" can fail
+                           "algo.entropy_coef=0.01"])
     weights_dir = str(tmp_path_factory.mktemp("shm"))
     cluster = Cluster(cfg)
     try:

@@ -22,6 +22,7 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -96,6 +97,7 @@ class RolloutWorker:
                        enforce_eager=cfg.enforce_eager, tensor_parallel_size=cfg.tensor_parallel_size,
                        logprobs_mode="processed_logprobs", **extra)
         self.engine = self.llm.llm_engine
+        self.engine.set_weight_version("0")  # every engine step is labelled with it (see _label_new_weights)
         self.tokenizer = self.llm.get_tokenizer()
         self.version = 0
         self.tokens_generated = 0
@@ -104,7 +106,7 @@ class RolloutWorker:
         self._commands: deque[_Command] = deque()
         self._live: dict[str, tuple[_Group, int]] = {}  # request id -> (its group, sample index)
         self._ids = itertools.count()
-        self._paused = False  # NCCL push in progress: no decode step until it finishes
+        self._paused = False  # the core scheduler is paused (weights being replaced): do not wait on its outputs
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
@@ -153,8 +155,9 @@ class RolloutWorker:
         directory = verify(handle)  # off the engine thread: hashing never pauses generation
 
         def reload() -> int:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(directory)})
-            self._after_new_weights(handle.version)
+            with self._engine_paused():
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(directory)})
+                self._label_new_weights(handle.version)
             return self.version
 
         return self._call(reload, interrupt)
@@ -166,13 +169,14 @@ class RolloutWorker:
                 "tokens_generated": self.tokens_generated}
 
     # -- NCCL weight sync (GPU): driven by the learner through transport.nccl.RolloutFanoutClient ------------------
-    # A push spans several calls; decoding pauses from start to finish, so no token sees half-updated weights.
+    # A push spans several calls; the engine core's scheduler stays paused from start to finish, so no token is
+    # sampled from half-updated weights.
     def init_weight_transfer(self, init_info: dict) -> None:
         self._call(lambda: self.llm.init_weight_transfer_engine({"init_info": init_info}), interrupt=True)
 
     def start_weight_update(self) -> None:
         def start() -> None:
-            self._paused = True
+            self._pause_engine()
             self.llm.start_weight_update()
 
         self._call(start, interrupt=True)
@@ -183,8 +187,8 @@ class RolloutWorker:
     def finish_weight_update(self, version: str | None) -> None:
         def finish() -> None:
             self.llm.finish_weight_update(version)
-            self._after_new_weights(int(version) if version is not None else self.version)
-            self._paused = False
+            self._label_new_weights(int(version) if version is not None else self.version)
+            self._resume_engine()
 
         self._call(finish, interrupt=True)
 
@@ -258,10 +262,10 @@ class RolloutWorker:
             sample, delta = group.samples[k], out.outputs[0]
             sample.token_ids.extend(delta.token_ids)
             sample.logprobs.extend(lp[tok].logprob for lp, tok in zip(delta.logprobs, delta.token_ids))
-            sample.versions.extend([self.version] * len(delta.token_ids))
             self.tokens_generated += len(delta.token_ids)
             if out.finished:
                 sample.finish_reason = delta.finish_reason or "unknown"
+                sample.versions = token_versions(delta.weight_versions, len(sample.token_ids), self.version)
                 del self._live[out.request_id]
                 group.remaining -= 1
                 if group.remaining == 0:
@@ -276,11 +280,35 @@ class RolloutWorker:
                            policy_version=min(s.versions, default=self.version), token_versions=s.versions)
                 for k, s in enumerate(group.samples)]
 
-    def _after_new_weights(self, version: int) -> None:
+    def _label_new_weights(self, version: int) -> None:
+        """Call with the scheduler paused, right after new weights are in. vLLM labels every engine step with the
+        current weight version, and finished outputs carry the labels as spans: that is where token versions come
+        from (the engine core runs ahead of this thread, so a label taken here could be a step late)."""
+        self.engine.set_weight_version(str(version))
         # Cached KV was computed by the old weights: drop it, and make running requests recompute theirs, so that
-        # every later token is sampled from exactly the new policy (the per-token version stamp is then exact).
+        # every later token is sampled from exactly the new policy.
         self.engine.reset_prefix_cache(reset_running_requests=True)
         self.version = version
+
+    @contextmanager
+    def _engine_paused(self):
+        self._pause_engine()
+        try:
+            yield
+        finally:
+            self._resume_engine()
+
+    def _pause_engine(self) -> None:
+        """No engine step runs until `_resume_engine` (outputs already computed are still delivered). An in-process
+        engine core only steps when this thread asks it to, so it needs no pause."""
+        self._paused = True
+        if hasattr(self.engine.engine_core, "call_utility"):
+            self.engine.engine_core.call_utility("pause_scheduler", "keep", False)
+
+    def _resume_engine(self) -> None:
+        if hasattr(self.engine.engine_core, "call_utility"):
+            self.engine.engine_core.call_utility("resume_scheduler")
+        self._paused = False
 
     # -- helpers for the calling threads ----------------------------------------------------------------------------
     def _call(self, run: Callable[[], object], interrupt: bool):
@@ -299,6 +327,21 @@ class RolloutWorker:
     def _check(self) -> None:
         if self._error is not None:
             raise RuntimeError(f"rollout engine loop failed: {self._error!r}") from self._error
+
+
+def token_versions(spans, num_tokens: int, current: int) -> list[int]:
+    """vLLM's `WeightVersionSpan`s ([start, end) -> version label) as one version per output token.
+
+    >>> from types import SimpleNamespace as Span
+    >>> token_versions([Span(version="3", start=0, end=2), Span(version="4", start=2, end=5)], 5, 4)
+    [3, 3, 4, 4, 4]
+    """
+    if not spans:  # no step was labelled (no tokens, or an engine that does not label): the weights it holds now
+        return [current] * num_tokens
+    versions = [int(spans[0].version)] * num_tokens
+    for span in spans:
+        versions[span.start : span.end] = [int(span.version)] * (span.end - span.start)
+    return versions
 
 
 def group_meta(group: list[Trajectory]) -> GroupMeta:

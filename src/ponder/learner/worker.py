@@ -20,7 +20,7 @@ from ponder.learner.advantages import grpo_advantages
 from ponder.learner.batching import Packed, chunks, pack, shard_groups
 from ponder.learner.losses import (behaviour_correction, clipped_surrogate, entropy, kl_penalty, masked_sum,
                                   token_logprobs)
-from ponder.platform.config import AlgoConfig, LearnerConfig
+from ponder.platform.config import AlgoConfig, LearnerConfig, parse_cores
 from ponder.transport.weights import ShmWeightSender
 from ponder.types import Trajectory, WeightsVersion
 
@@ -33,6 +33,8 @@ class LearnerWorker:
         # Ranks rendezvous on this node: multi-node learner groups are not placed yet (one node, many ranks is).
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(master_port), RANK=str(rank),
                           WORLD_SIZE=str(cfg.num_ranks), LOCAL_RANK="0")
+        if cfg.cpu_bind is not None:  # keep off the cores given to the engines (they overlap in streaming modes)
+            os.sched_setaffinity(0, parse_cores(cfg.cpu_bind))
         torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(seed + rank)
         import deepspeed

@@ -75,7 +75,12 @@ def cmd_train(args) -> None:
         print(f"+{points} points: " + (f"step {hit[0]}, {hit[1]:.0f} s of training" if hit else "not reached"))
     print(f"MLflow run: {result.run_id}  (tracking uri {cfg.tracking.uri}; `mlflow ui --backend-store-uri "
           f"{cfg.tracking.uri}`)")
-    print(f"outputs: {result.output_dir}/final_model, {result.output_dir}/curves.png")
+    a = result.accounting
+    dropped = ", ".join(f"{k.split('_', 1)[1]} {v:.0f}" for k, v in a.items() if k.startswith("samples/dropped_") and v)
+    print(f"samples: {a['samples/generated']:.0f} generated, {a['samples/trained']:.0f} trained, "
+          f"dropped: {dropped or 'none'}")
+    outputs = [f"{result.output_dir}/final_model"] if cfg.trainer.save_final_model else []
+    print(f"outputs: {', '.join(outputs + [f'{result.output_dir}/curves.png'])}")
 
 
 def cmd_eval(args) -> None:
@@ -163,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nponder {args.command}: interrupted; actors stopped", file=sys.stderr)
         return 130
     except Exception as e:
+        from ponder.platform.pipeline import PipelineError  # only reachable once Ray is imported anyway
+
+        if isinstance(e, PipelineError):
+            print(f"ponder {args.command}: error: {e}", file=sys.stderr)
+            return 1
         if not type(e).__module__.startswith("ray."):
             raise
         # an actor died or raised: Ray's message carries the actor's own traceback, which is the cause to show

@@ -38,6 +38,8 @@ class Cluster:
     def rollout_pool(self, model_path: str) -> list:
         c = self.cfg.rollout
         cls = ray.remote(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_concurrency=8)(RolloutWorker)
+        if c.cpu_bind is not None:  # vLLM's CPU backend pins its OpenMP threads to these cores
+            cls = cls.options(runtime_env={"env_vars": {**ACTOR_ENV, "VLLM_CPU_OMP_THREADS_BIND": c.cpu_bind}})
         return self._track([cls.remote(model_path, self.cfg.model.dtype, c, self.cfg.seed + i)
                             for i in range(c.num_workers)])
 

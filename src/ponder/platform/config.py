@@ -94,6 +94,7 @@ class RolloutConfig:
     enforce_eager: bool = True  # no CUDA graphs / torch.compile (faster start; set false on GPUs)
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    cpu_bind: Optional[str] = None  # CPU engines: cores for vLLM's threads, e.g. "0" or "0-1"; None = vLLM decides
     tensor_parallel_size: int = 1
     weight_sync: str = "shm"  # shm: safetensors in shared memory + reload (CPU, any); nccl: GPU broadcast
 
@@ -147,6 +148,7 @@ class LearnerConfig:
     micro_batch_size: int = 64  # sequences per forward/backward; gradients accumulate over a mini-batch
     num_minibatches: int = 1  # optimizer steps per training step (> 1: off-policy within the step)
     num_threads: int = 2  # torch intra-op threads per rank (CPU)
+    cpu_bind: Optional[str] = None  # CPU: cores every rank is pinned to, e.g. "1"; None = no pinning
     num_cpus: float = 1.0
     num_gpus: float = 0.0
 
@@ -160,6 +162,7 @@ class PipelineConfig:
     max_staleness: int = 1  # async: largest gap in policy versions between generating and training weights
     partial_rollouts: bool = True  # async: in-flight samples take new weights mid-generation instead of finishing
     dynamic_sampling: bool = False  # streaming modes: drop groups whose rewards are all equal, refill (DAPO)
+    max_refill_batches: int = 8  # dynamic sampling: extra prompt batches one step may draw before the run stops
 
 
 @dataclass(frozen=True)
@@ -296,6 +299,8 @@ def validate(cfg: PonderConfig) -> None:
          "so that every rank trains on whole groups"),
         ((t.prompts_per_step // lr.num_ranks) % lr.num_minibatches == 0,
          "prompts per rank must be divisible by learner.num_minibatches (whole groups per mini-batch)"),
+        (all(_cores_ok(c) for c in (r.cpu_bind, lr.cpu_bind)),
+         "rollout.cpu_bind / learner.cpu_bind must name cores like '0', '0-1' or '0,2'"),
         (lr.zero_stage in (0, 1, 2, 3), "learner.zero_stage must be 0, 1, 2 or 3"),
         (a.kl_estimator in ("k1", "k2", "k3"), f"algo.kl_estimator must be k1, k2 or k3, got {a.kl_estimator!r}"),
         (a.clip_low >= 0 and a.clip_high >= 0, "algo.clip_low and algo.clip_high must be >= 0"),
@@ -305,6 +310,7 @@ def validate(cfg: PonderConfig) -> None:
         (p.mode in ("sync", "one_step_off", "async"),
          f"pipeline.mode must be sync, one_step_off or async, got {p.mode!r}"),
         (p.max_staleness >= 0, "pipeline.max_staleness must be >= 0"),
+        (p.max_refill_batches >= 0, "pipeline.max_refill_batches must be >= 0"),
         (not p.dynamic_sampling or p.mode != "sync",
          "pipeline.dynamic_sampling refills the batch from a stream: use pipeline.mode=async (max_staleness=0 keeps "
          "the synchronous schedule) or one_step_off"),
@@ -321,3 +327,23 @@ def validate(cfg: PonderConfig) -> None:
     problems = [msg for ok, msg in checks if not ok]
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def parse_cores(spec: str) -> set[int]:
+    """'0-2,5' -> {0, 1, 2, 5}.
+
+    >>> sorted(parse_cores("0-2,5"))
+    [0, 1, 2, 5]
+    """
+    cores: set[int] = set()
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        cores.update(range(int(low), int(high or low) + 1))
+    return cores
+
+
+def _cores_ok(spec: Optional[str]) -> bool:
+    try:
+        return spec is None or bool(parse_cores(spec))
+    except ValueError:
+        return False

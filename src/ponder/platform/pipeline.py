@@ -25,16 +25,21 @@ from ponder.platform.config import PipelineConfig
 from ponder.types import RolloutRequest, WeightsVersion
 
 
+class PipelineError(RuntimeError):
+    """The stream cannot produce a batch; the message says why and what to change."""
+
+
 @dataclass(frozen=True)
 class Schedule:
     max_staleness: int
     interrupt: bool  # partial rollouts: weight updates land mid-generation
+    max_refill_batches: int = 8  # extra prompt batches one step may draw when groups are dropped
 
     @classmethod
     def of(cls, cfg: PipelineConfig) -> "Schedule":
         if cfg.mode == "one_step_off":
-            return cls(max_staleness=1, interrupt=False)
-        return cls(max_staleness=cfg.max_staleness, interrupt=cfg.partial_rollouts)
+            return cls(1, False, cfg.max_refill_batches)
+        return cls(cfg.max_staleness, cfg.partial_rollouts, cfg.max_refill_batches)
 
 
 class StreamingRollouts:
@@ -49,18 +54,28 @@ class StreamingRollouts:
         self._acks: list = []
 
     def next_batch(self, step: int, poll_s: float = 0.5) -> Batch:
-        while True:
-            self._fill(step)
-            batch = ray.get(self.buffer.take.remote(self.groups_per_step, step, poll_s))
-            if batch is not None:
-                return batch
+        self._fill(step)
+        refills = 0
+        while (batch := ray.get(self.buffer.take.remote(self.groups_per_step, step, poll_s))) is None:
             ray.get([w.stats.remote() for w in self.rollouts])  # an engine that died raises here, with its cause
+            refills += self._fill(step)  # only dropped groups make room for more
+            if refills > self.schedule.max_refill_batches:
+                counts = ray.get(self.buffer.counts.remote())
+                raise PipelineError(
+                    f"step {step}: {refills} extra prompt batches did not give {self.groups_per_step} usable groups "
+                    f"(dropped so far: {counts['samples/dropped_zero_variance']:.0f} samples with equal rewards, "
+                    f"{counts['samples/dropped_stale']:.0f} stale). With dynamic sampling every group whose samples all "
+                    "score the same is dropped: the task is too easy or too hard for this model. Raise "
+                    "rollout.samples_per_prompt, use easier/harder prompts, or set pipeline.dynamic_sampling=false "
+                    "(pipeline.max_refill_batches raises the limit).")
+        return batch
 
-    def _fill(self, step: int) -> None:
-        """Submit prompt batches until (max_staleness + 1) steps of groups are alive."""
+    def _fill(self, step: int) -> int:
+        """Submit prompt batches until (max_staleness + 1) steps of groups are alive; returns how many."""
         g = self.groups_per_step
         dropped = int(ray.get(self.buffer.counts.remote())["groups/dropped"])
         alive = self.batches_submitted * g - (step - 1) * g - dropped
+        submitted = 0
         while alive < (self.schedule.max_staleness + 1) * g:
             expected_step = step + alive // g
             min_version = max(0, expected_step - 1 - self.schedule.max_staleness)
@@ -69,6 +84,8 @@ class StreamingRollouts:
             for worker, shard in zip(self.rollouts, split_even(requests, len(self.rollouts))):
                 worker.stream.remote(shard, self.sampling, min_version, self.rewards, self.buffer)
             alive += g
+            submitted += 1
+        return submitted
 
     def push(self, handle: WeightsVersion) -> None:
         """Hand new weights to every engine without waiting for them to load (a refused push raises at the next one).
