@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 
-.PHONY: setup demo test test-unit test-fast bench config-reference clean
+.PHONY: setup demo test test-unit test-fast bench bench-trl-setup bench-trl config-reference clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,41 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python benchmarks/time_to_accuracy.py
+
+# B1 + B6: streaming modes vs sync (trained samples/s); Ray pipeline vs the same components in one process.
+# B2: vLLM rollout engine vs Hugging Face generate (useful tokens/s); B3: weight push vs a plain memory copy.
+.PHONY: bench-pipeline bench-engine bench-weights
+bench-pipeline: setup
+	$(BIN)/python benchmarks/pipeline.py --b6 $(BENCH_ARGS)
+
+bench-engine: setup
+	$(BIN)/python benchmarks/engine.py $(BENCH_ARGS)
+
+bench-weights: setup
+	$(BIN)/python benchmarks/weight_push.py $(BENCH_ARGS)
+
+# Peer benchmark P1: TRL's GRPOTrainer on the same task. Its own venv, so TRL never moves vLLM's pins in $(VENV).
+# pip, not uv: only pip searches the local wheel directory that holds the +cpu torch.
+TRL_VENV  := .venv-trl
+TRL_STAMP := $(TRL_VENV)/.installed
+SFT_DIR   ?= artifacts/tiny/sft
+
+bench-trl-setup: $(TRL_STAMP)
+
+$(TRL_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/pip install -q --upgrade pip
+	$(TRL_VENV)/bin/pip install -q "trl==1.16.*" "transformers==5.19.0" "torch==2.13.0"
+	# ponder itself without its engine/cluster deps: only its data and reward code runs here.
+	$(TRL_VENV)/bin/pip install -q -e . --no-deps
+	$(TRL_VENV)/bin/pip install -q omegaconf "math-verify[antlr4_13_2]" datasets pyarrow numpy
+	touch $(TRL_STAMP)
+
+# The SFT checkpoint comes from the main venv (the one `make bench` starts from); both commands are cached and rebuild
+# only when their config changed.
+bench-trl: setup bench-trl-setup
+	$(BIN)/ponder init-model $(CONFIG) && $(BIN)/ponder sft $(CONFIG)
+	$(TRL_VENV)/bin/python benchmarks/trl_peer.py --model $(SFT_DIR) $(TRL_ARGS)
 
 config-reference: setup
 	$(BIN)/python -m ponder.platform.config_reference > docs/config.md

@@ -2,7 +2,7 @@
 
 Runs init-model, SFT and `ponder train` on a config (default: configs/default.yaml) and prints a Markdown table of
 held-out accuracy against training wall-clock (generation + reward + training + weight sync, evaluation excluded),
-plus the time to +10 and +20 points over the SFT start. Usage:
+plus the time to +10, +20 and +30 points over the SFT start, and the sample accounting. Usage:
 
     .venv/bin/python benchmarks/time_to_accuracy.py [configs/default.yaml] [key=value ...]
 """
@@ -36,9 +36,10 @@ def main(argv: list[str]) -> None:
     for step in sorted(result.evals):
         e = result.evals[step]
         print(f"| {step} | {e['time/train_elapsed_s']:.0f} | {e['eval/accuracy']:.3f} |")
-    for points in (10, 20):
+    for points in (10, 20, 30):
         hit = time_to_gain(result.evals, points)
         print(f"+{points} points: " + (f"step {hit[0]}, {hit[1]:.0f} s of training" if hit else "not reached"))
+    print("accounting: " + ", ".join(f"{k} {v:.0f}" for k, v in result.accounting.items() if v))
 
 
 if __name__ == "__main__":

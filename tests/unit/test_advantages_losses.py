@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ponder.learner.advantages import grpo_advantages
-from ponder.learner.losses import clipped_surrogate, entropy, kl_penalty, token_logprobs
+from ponder.learner.losses import behaviour_correction, clipped_surrogate, entropy, kl_penalty, token_logprobs
 
 
 def test_grpo_advantages_by_hand():
@@ -63,3 +63,30 @@ def test_token_logprobs_and_entropy_by_hand():
     logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25]]]))
     assert token_logprobs(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.25))
     assert entropy(logits).item() == pytest.approx(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
+
+
+def test_behaviour_correction_modes_by_hand():
+    """π_prox/μ per token: 0.5/0.1 = 5, 0.9/0.9 = 1, 0.2/0.4 = 0.5; cap 2."""
+    prox = torch.log(torch.tensor([[0.5, 0.9, 0.2]]))
+    behaviour = torch.log(torch.tensor([[0.1, 0.9, 0.4]]))
+    mask = torch.tensor([[1.0, 1.0, 1.0]])
+    w, keep, m = behaviour_correction(prox, behaviour, mask, "none", cap=2.0)
+    assert w.tolist() == [[1.0, 1.0, 1.0]] and keep.tolist() == mask.tolist()
+    w, keep, m = behaviour_correction(prox, behaviour, mask, "tis", cap=2.0)
+    assert torch.allclose(w, torch.tensor([[2.0, 1.0, 0.5]])) and keep.tolist() == mask.tolist()
+    w, keep, m = behaviour_correction(prox, behaviour, mask, "decoupled", cap=2.0)
+    assert torch.allclose(w, torch.tensor([[5.0, 1.0, 0.5]])) and keep.tolist() == [[0.0, 1.0, 1.0]]
+    assert m["is_weight_mean"] == pytest.approx((5 + 1 + 0.5) / 3, rel=1e-5)
+    assert m["is_weight_max"] == pytest.approx(5.0, rel=1e-5) and m["is_capped_frac"] == pytest.approx(1 / 3)
+    # k3 estimate of KL(μ || π_prox) from μ's samples: r = π/μ, k3 = r - 1 - log r, averaged
+    expected = sum(r - 1 - math.log(r) for r in (5.0, 1.0, 0.5)) / 3
+    assert m["behaviour_kl"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_importance_weights_scale_the_surrogate_per_token():
+    logp = torch.zeros(1, 2, requires_grad=True)
+    weights = torch.tensor([[2.0, 0.5]])
+    loss, _ = clipped_surrogate(logp, logp.detach(), torch.tensor([1.0]), torch.ones(1, 2), 0.2, 0.28, 2.0, weights)
+    loss.backward()
+    # at ratio 1 the gradient of -A·w·r / N with respect to logp is -A·w / N
+    assert logp.grad.tolist() == [[-1.0, -0.25]]

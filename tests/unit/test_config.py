@@ -38,6 +38,23 @@ def test_cross_field_rules():
         load_config([], ["rollout.temperature=0"])
     with pytest.raises(ConfigError, match=r"kl_estimator"):
         load_config([], ["algo.kl_estimator=k9"])
+    with pytest.raises(ConfigError, match=r"pipeline.mode must be sync, one_step_off or async, got 'asynch'"):
+        load_config([], ["pipeline.mode=asynch"])
+    with pytest.raises(ConfigError, match=r"use pipeline.mode=async \(max_staleness=0"):
+        load_config([], ["pipeline.dynamic_sampling=true"])
+    with pytest.raises(ConfigError, match=r"algo.off_policy must be none, tis or decoupled"):
+        load_config([], ["algo.off_policy=vtrace"])
+    with pytest.raises(ConfigError, match=r"cpu_bind must name cores"):
+        load_config([], ["learner.cpu_bind=one"])
+
+
+def test_pipeline_modes_resolve_to_a_staleness_bound():
+    from ponder.platform.pipeline import Schedule
+
+    one_step_off = load_config([], ["pipeline.mode=one_step_off", "pipeline.max_staleness=5"]).pipeline
+    assert Schedule.of(one_step_off) == Schedule(max_staleness=1, interrupt=False)
+    streaming = load_config([], ["pipeline.mode=async", "pipeline.max_staleness=3"]).pipeline
+    assert Schedule.of(streaming) == Schedule(max_staleness=3, interrupt=True)
 
 
 def test_missing_file_and_malformed_override():

@@ -82,8 +82,8 @@ class TrajectoryBuffer:
             self.ledger.generated(meta.num_samples)
 
     def take(self, num_groups: int, step: int, timeout_s: float) -> Batch | None:
-        """The oldest `num_groups` fresh groups for training step `step` (the learner then holds version step - 1),
-        or None if they are not there within `timeout_s`. Groups too stale for `step` are dropped on the way."""
+        """`num_groups` groups for training step `step` (the learner then holds version step - 1), oldest weights
+        first, or None if they are not there within `timeout_s`. Groups too stale for `step` are dropped on the way."""
         deadline = time.monotonic() + timeout_s
         while True:
             self._collect_scored(wait_s=min(0.05, max(0.0, deadline - time.monotonic())))
@@ -92,6 +92,9 @@ class TrajectoryBuffer:
                     self.ledger.dropped("stale", meta.num_samples)
                 self._ready = [g for g in self._ready if self.staleness(g[0], step) <= self.max_staleness]
                 if len(self._ready) >= num_groups:
+                    # Oldest weights first (arrival order among equals): the group closest to the bound is trained
+                    # before a fresher one that finished earlier, instead of going stale behind it.
+                    self._ready.sort(key=lambda g: g[0].min_version)
                     taken, self._ready = self._ready[:num_groups], self._ready[num_groups:]
                     return self._batch(taken, step)
             if time.monotonic() >= deadline:

@@ -130,7 +130,7 @@ class AlgoConfig:
     kl_coef: float = 0.0  # > 0 loads a frozen reference model and adds a KL penalty
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0  # > 0 adds an entropy bonus (entropy is always logged)
-    off_policy: str = "tis"  # behaviour-policy correction: none | tis (truncated IS) | decoupled (decoupled PPO)
+    off_policy: str = "tis"  # behaviour-policy correction: none, tis (truncated IS) or decoupled (decoupled PPO)
     is_cap: float = 2.0  # tis: importance weights truncated at this; decoupled: tokens above it are masked
 
 
@@ -158,7 +158,7 @@ class PipelineConfig:
     """How generation and training overlap. `sync` runs one stage at a time; `one_step_off` and `async` stream scored
     groups into a bounded buffer while the learner trains, with samples at most `max_staleness` versions old."""
 
-    mode: str = "sync"  # sync | one_step_off (= async with max_staleness 1, no partial rollouts) | async
+    mode: str = "sync"  # sync, one_step_off (= async with max_staleness 1, no partial rollouts) or async
     max_staleness: int = 1  # async: largest gap in policy versions between generating and training weights
     partial_rollouts: bool = True  # async: in-flight samples take new weights mid-generation instead of finishing
     dynamic_sampling: bool = False  # streaming modes: drop groups whose rewards are all equal, refill (DAPO)

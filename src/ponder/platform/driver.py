@@ -15,6 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import ray
 from tqdm import tqdm
@@ -62,17 +63,7 @@ def train(cfg: PonderConfig) -> TrainResult:
             rewards = cluster.reward_pool()
             learners = cluster.learner_group(cfg.model.path, str(weights_dir))
             cluster.connect_weight_sync(learners, rollouts)
-            ledger, pipeline = Ledger(), None
-            if cfg.pipeline.mode != "sync":
-                schedule = Schedule.of(cfg.pipeline)
-                buffer = cluster.buffer(schedule.max_staleness, cfg.pipeline.dynamic_sampling)
-                pipeline = StreamingRollouts(schedule, prompt_batch, rollouts, rewards, buffer, sampling,
-                                             t.prompts_per_step)
-
-            def run_step(step: int) -> tuple[dict[str, float], list]:
-                if pipeline is None:
-                    return grpo_step(rollouts, rewards, learners, prompt_batch(step), sampling, step, ledger)
-                return streaming_step(pipeline, learners, step)
+            run_step, accounting = stepper(cfg, cluster, rollouts, rewards, learners, prompt_batch, sampling)
 
             def evaluate(step: int) -> None:  # waits for every engine to serve the weights of `step`
                 scored = rollout_and_score(rollouts, rewards, eval_set, cfg.data.template, greedy, cfg.seed, step)
@@ -92,7 +83,7 @@ def train(cfg: PonderConfig) -> TrainResult:
                 if t.log_samples_every and step % t.log_samples_every == 0:
                     tracker.log_text(samples_jsonl(ray.get(scored[0])[:8]), f"samples/step_{step:06d}.jsonl")
                 bar.set_postfix(progress_line(metrics, result.evals), refresh=False)
-            result.accounting = ledger.as_metrics() if pipeline is None else pipeline.close()
+            result.accounting = accounting()
             tracker.log_metrics({f"final/{k}": v for k, v in result.accounting.items()}, t.steps)
             if t.save_final_model:
                 final = ray.get([rank.save_hf.remote(str(out / "final_model")) for rank in learners])[0]
@@ -106,6 +97,20 @@ def train(cfg: PonderConfig) -> TrainResult:
     finally:
         shutil.rmtree(weights_dir, ignore_errors=True)  # also when a killed learner could not clean up itself
         tracker.finish(status)
+
+
+def stepper(cfg: PonderConfig, cluster: Cluster, rollouts: list, rewards: list, learners: list,
+            prompt_batch: Callable[[int], list], sampling: Sampling) -> tuple[Callable, Callable[[], dict]]:
+    """The configured mode's step function (step -> (metrics, scored refs)) and its final sample accounting."""
+    if cfg.pipeline.mode == "sync":
+        ledger = Ledger()
+        return (lambda step: grpo_step(rollouts, rewards, learners, prompt_batch(step), sampling, step, ledger),
+                ledger.as_metrics)
+    schedule = Schedule.of(cfg.pipeline)
+    buffer = cluster.buffer(schedule.max_staleness, cfg.pipeline.dynamic_sampling)
+    pipeline = StreamingRollouts(schedule, prompt_batch, rollouts, rewards, buffer, sampling,
+                                 cfg.trainer.prompts_per_step)
+    return (lambda step: streaming_step(pipeline, learners, step)), pipeline.close
 
 
 def grpo_step(rollouts: list, rewards: list, learners: list, requests: list, sampling: Sampling, step: int,
