@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     items_help = "YAML config files and key=value overrides, applied in order over the schema defaults"
-    add("train", cmd_train, "Train a policy with GRPO on Ray (vLLM rollouts, DeepSpeed learner).") \
+    add("train", cmd_train, "Train a policy with GRPO on Ray (vLLM rollouts, DeepSpeed learner); "
+        "pipeline.mode=sync|one_step_off|async chooses how generation and training overlap "
+        "(configs/async.yaml: the demo streaming).") \
         .add_argument("items", nargs="*", help=items_help)
     p = add("eval", cmd_eval, "Held-out accuracy of a saved model: greedy pass@1, sampled pass@k and maj@k.")
     p.add_argument("model_dir", help="a Hugging Face-format model directory")
