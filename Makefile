@@ -5,9 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 
-.PHONY: setup demo test test-unit test-fast bench bench-trl-setup bench-trl config-reference clean
+.PHONY: setup system-packages demo test test-unit test-fast bench bench-trl-setup bench-trl config-reference clean
 
-setup: $(STAMP)
+setup: $(STAMP) system-packages
+
+# Debian packages: bubblewrap for the code-reward sandbox (rewards/sandbox.py). Checked on every run, installed once.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-packages:
+	@command -v bwrap >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q bubblewrap; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -25,7 +25,7 @@ def main(argv: list[str]) -> None:
     files, overrides = split_args(argv or ["configs/default.yaml"])
     cfg = load_config(files, overrides)
     build_tiny_model(cfg.tiny_model)
-    run_sft(cfg.sft, cfg.data.task, cfg.data.template)
+    run_sft(cfg.sft, cfg.data)
     started = time.perf_counter()
     result = train(cfg)
     total = time.perf_counter() - started

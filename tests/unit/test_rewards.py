@@ -52,7 +52,7 @@ def test_compose_weights_timeouts_and_errors():
 
 @pytest.fixture(scope="module")
 def pool():
-    p = HardTimeoutPool(num_processes=2, timeout_s=2.0)
+    p = HardTimeoutPool(num_processes=2, timeout_s=2.0, prepare=(("math", {}),))
     yield p
     p.close()
 
@@ -88,3 +88,30 @@ def test_pool_survives_a_killed_worker(pool):
     results = pool.map([Task("math", "\\boxed{432}", GOLD, {}) for _ in range(4)])
     assert all(r.status in ("ok", "error") for r in results)
     assert pool.map([Task("math", "\\boxed{432}", GOLD, {}) for _ in range(4)]) == [Result("ok", 1.0)] * 4
+
+
+def eat_memory(completion, problem):
+    """A verifier blown up by its input: it asks for more memory than the worker may have."""
+    return float(len(bytearray(8 << 30)))
+
+
+def test_verifier_over_its_memory_cap_scores_0_and_is_counted():
+    small = HardTimeoutPool(num_processes=1, timeout_s=10.0, memory_mb=512)
+    try:
+        results = small.map([Task(f"{__name__}:eat_memory", "x", GOLD, {}), Task("math", "\\boxed{432}", GOLD, {})])
+    finally:
+        small.close()
+    assert results == [Result("over_limit", error="MemoryError"), Result("ok", 1.0)]
+    outcome = compose([RewardSpec("math", 1.0)], results[:1])
+    assert (outcome.reward, outcome.over_limit, outcome.masked) == (0.0, ["math"], False)
+
+
+@pytest.mark.timeout(60)
+def test_a_hang_inside_a_chunk_times_out_alone_and_the_rest_are_scored(pool):
+    """Tasks travel in chunks; the hung one is killed with its worker, and its chunk's later tasks are rescheduled."""
+    tasks = [Task("math", f"\\boxed{{{432 if i % 3 else 1}}}", GOLD, {}) for i in range(24)]
+    tasks[7] = Task("math", "\\boxed{9^{9^{9^{9^{9}}}}}", GOLD, {})
+    results = pool.map(tasks)
+    assert results[7].status == "timeout"
+    assert [r.value for i, r in enumerate(results) if i != 7] == [0.0 if i % 3 == 0 else 1.0 for i in range(24)
+                                                                   if i != 7]

@@ -12,16 +12,19 @@ from collections import Counter
 from ponder.platform.config import RewardConfig, RewardSpec
 from ponder.rewards.base import RewardOutcome
 from ponder.rewards.pool import HardTimeoutPool, Result, Task
-from ponder.rewards.registry import resolve
+from ponder.rewards.registry import check_options
 from ponder.types import ScoreReport, Trajectory
 
 
 class RewardWorker:
     def __init__(self, cfg: RewardConfig):
-        for spec in cfg.functions:
-            resolve(spec.name)  # fail at start-up, not mid-run, on an unknown reward
+        for spec in cfg.functions:  # fail at start-up, not mid-run: unknown reward or option, or no isolation
+            fn = check_options(spec.name, dict(spec.options))
+            if hasattr(fn, "self_test"):
+                fn.self_test(dict(spec.options))
         self.cfg = cfg
-        self.pool = HardTimeoutPool(cfg.processes_per_worker, cfg.timeout_s)
+        prepare = tuple((spec.name, dict(spec.options)) for spec in cfg.functions)
+        self.pool = HardTimeoutPool(cfg.processes_per_worker, cfg.timeout_s, cfg.memory_mb, prepare)
 
     def score(self, *batches: list[Trajectory]) -> tuple[list[Trajectory], ScoreReport]:
         trajectories = [t for batch in batches for t in batch]
@@ -34,7 +37,8 @@ class RewardWorker:
             outcome = compose(ss, [next(results) for _ in ss])
             traj.reward, traj.reward_terms, traj.masked = outcome.reward, outcome.terms, outcome.masked
             traj.correct = outcome.terms.get(self.cfg.accuracy_from, 0.0) >= 1.0
-            counts.update({"timeouts": len(outcome.timeouts), "errors": len(outcome.errors), "masked": outcome.masked})
+            counts.update({"timeouts": len(outcome.timeouts), "over_limit": len(outcome.over_limit),
+                           "errors": len(outcome.errors), "masked": outcome.masked})
         report = ScoreReport(counts={f"reward/{k}": float(v) for k, v in counts.items()},
                              rewards=tuple(t.reward for t in trajectories if not t.masked),
                              masked=sum(t.masked for t in trajectories))
@@ -52,12 +56,14 @@ class RewardWorker:
 
 
 def compose(specs: list[RewardSpec], results: list[Result]) -> RewardOutcome:
-    """Weighted sum of the terms. A timed-out term scores 0; an errored term masks the sample."""
+    """Weighted sum of the terms. A term that timed out or hit a limit scores 0; an errored term masks the sample."""
     outcome = RewardOutcome(reward=0.0)
     for spec, result in zip(specs, results):
         outcome.terms[spec.name] = result.value if result.status == "ok" else 0.0
         if result.status == "timeout":
             outcome.timeouts.append(spec.name)
+        elif result.status == "over_limit":
+            outcome.over_limit.append(spec.name)
         elif result.status == "error":
             outcome.errors.append(f"{spec.name}: {result.error}")
         outcome.reward += spec.weight * outcome.terms[spec.name]

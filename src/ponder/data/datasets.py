@@ -10,11 +10,12 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from ponder.data.tasks import ArithmeticTask, generate_problems
+from ponder.data.tasks import ArithmeticTask, generate_code_problems, generate_problems
 from ponder.platform.config import TaskConfig
 from ponder.types import Problem
 
 EMBEDDED = "embedded:arithmetic"
+EMBEDDED_CODE = "embedded:code"  # write f(x) from its formula, scored by the code sandbox
 
 
 class DatasetError(ValueError):
@@ -23,12 +24,12 @@ class DatasetError(ValueError):
 
 def load_problems(source: str, split: str, task: TaskConfig) -> list[Problem]:
     """`split` is "train" or "eval"; only the embedded generator uses it (file sources are one split each)."""
-    if source == EMBEDDED:
-        return embedded_split(split, task)
+    if source in (EMBEDDED, EMBEDDED_CODE):
+        return embedded_split(split, task, source)
     path = Path(source)
     if not path.exists():
         raise DatasetError(f"dataset {source!r} not found; give a .jsonl/.parquet file, a saved HF dataset "
-                           f"directory, or {EMBEDDED!r}")
+                           f"directory, {EMBEDDED!r} or {EMBEDDED_CODE!r}")
     if path.is_dir():
         rows = _hf_rows(path)
     elif path.suffix == ".jsonl":
@@ -45,8 +46,15 @@ def load_problems(source: str, split: str, task: TaskConfig) -> list[Problem]:
     return problems
 
 
-def embedded_split(split: str, task: TaskConfig) -> list[Problem]:
-    """Fixed-seed, disjoint held-out and train splits of the arithmetic task."""
+def embedded_split(split: str, task: TaskConfig, source: str = EMBEDDED) -> list[Problem]:
+    """Fixed-seed, disjoint held-out and train splits of an embedded task (the code task has 3,564 problems in all:
+    its train split is what is left after the held-out one, at most `num_train`)."""
+    if source == EMBEDDED_CODE:
+        held_out = generate_code_problems(task.num_eval, task.seed + 1)
+        if split == "eval":
+            return held_out
+        return generate_code_problems(min(task.num_train, 3564 - len(held_out)), task.seed,
+                                      exclude=frozenset(p.prompt for p in held_out))
     gen = ArithmeticTask(task.min_digits, task.max_digits, task.ops)
     held_out = generate_problems(task.num_eval, task.seed + 1, gen)
     if split == "eval":

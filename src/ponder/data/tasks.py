@@ -75,3 +75,33 @@ def generate_problems(n: int, seed: int, task: ArithmeticTask, exclude: frozense
 def _space_size(task: ArithmeticTask) -> int:
     count = 10**task.max_digits - 10 ** (task.min_digits - 1)
     return count * count * len(task.ops) // (2 if "-" in task.ops else 1)
+
+
+def code_problem(a: int, op: str, b: int) -> Problem:
+    """The embedded code task: write `f` from its formula, e.g. `f(x)=3x+4`; three assert tests check it.
+
+    >>> p = code_problem(3, "+", 4)
+    >>> print(p.answer)
+    def f(x):
+        return 3*x+4
+    >>> p.metadata["tests"][1]
+    'assert f(1) == 7'
+    """
+    formula = f"{a}*x{op}{b}"
+    tests = [f"assert f({x}) == {a * x + b if op == '+' else a * x - b}" for x in (0, 1, 7)]
+    return Problem(prompt=f"f(x)={a}x{op}{b}", answer=f"def f(x):\n    return {formula}\n", solution=f"f(x)={formula}",
+                   metadata={"tests": tests, "answer_format": "code"})
+
+
+def generate_code_problems(n: int, seed: int, exclude: frozenset[str] = frozenset()) -> list[Problem]:
+    """`n` distinct code problems from `seed` (a in 2..19, b in 1..99, + or -), skipping prompts in `exclude`."""
+    space = 18 * 99 * 2
+    if n > space - len(exclude):
+        raise ValueError(f"asked for {n} distinct code problems but the task only has {space - len(exclude)} left")
+    rng, seen, problems = random.Random(seed), set(exclude), []
+    while len(problems) < n:
+        problem = code_problem(rng.randint(2, 19), rng.choice("+-"), rng.randint(1, 99))
+        if problem.prompt not in seen:
+            seen.add(problem.prompt)
+            problems.append(problem)
+    return problems

@@ -16,6 +16,18 @@ def render_prompt(question: str, template: str = "think") -> str:
     return f"{question}\n{THINK_OPEN}\n"
 
 
-def render_completion(reasoning: str, answer: str) -> str:
-    """The target a worked solution is trained toward (SFT), and the shape the format reward checks."""
+def render_completion(reasoning: str, answer: str, answer_format: str = "boxed") -> str:
+    """The target a worked solution is trained toward (SFT): the shape the format reward checks, or for code tasks
+    (`answer_format` "code") a fenced Python block, the shape the code reward reads.
+
+    >>> print(render_completion("f(x)=2*x+1", "def f(x):\n    return 2*x+1\n", "code"))
+    f(x)=2*x+1
+    </think>
+    ```python
+    def f(x):
+        return 2*x+1
+    ```
+    """
+    if answer_format == "code":
+        return f"{reasoning}\n{THINK_CLOSE}\n```python\n{answer}```"
     return f"{reasoning}\n{THINK_CLOSE}\n\\boxed{{{answer}}}"

@@ -12,16 +12,17 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
-from ponder.data.datasets import embedded_split
+from ponder.data.datasets import load_problems
 from ponder.data.template import render_completion, render_prompt
-from ponder.platform.config import SftConfig, TaskConfig
+from ponder.platform.config import DataConfig, SftConfig
 
 
-def run_sft(cfg: SftConfig, task: TaskConfig, template: str, progress: bool = True) -> Path:
+def run_sft(cfg: SftConfig, data: DataConfig, progress: bool = True) -> Path:
+    """Warm start on the worked solutions of `data.train` (rows without a `solution` are skipped)."""
     out = Path(cfg.out_dir)
     stamp = out / "ponder_sft.json"
     init_stamp = Path(cfg.init_dir) / "ponder_build.json"  # a rebuilt initial model invalidates the warm start
-    settings = {"sft": asdict(cfg), "task": asdict(task), "template": template,
+    settings = {"sft": asdict(cfg), "task": asdict(data.task), "template": data.template, "train": data.train,
                 "init": init_stamp.read_text() if init_stamp.is_file() else None}
     if stamp.is_file() and json.loads(stamp.read_text()) == settings:
         return out
@@ -33,8 +34,11 @@ def run_sft(cfg: SftConfig, task: TaskConfig, template: str, progress: bool = Tr
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.init_dir)
     model = AutoModelForCausalLM.from_pretrained(cfg.init_dir, dtype=torch.float32)
-    examples = [(render_prompt(p.prompt, template), render_completion(p.solution, p.answer))
-                for p in embedded_split("train", task)]
+    examples = [(render_prompt(p.prompt, data.template),
+                 render_completion(p.solution, p.answer, p.metadata.get("answer_format", "boxed")))
+                for p in load_problems(data.train, "train", data.task) if p.solution]
+    if not examples:
+        raise ValueError(f"data.train {data.train!r} has no rows with a worked 'solution' to warm-start on")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
     rng = random.Random(cfg.seed)

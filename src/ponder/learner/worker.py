@@ -190,7 +190,10 @@ def rollout_stats(trajectories: list[Trajectory]) -> dict[str, float]:
     """Reward, accuracy and length statistics of one step's samples."""
     rewards = torch.tensor([t.reward for t in trajectories])
     lengths = torch.tensor([len(t.response_ids) for t in trajectories], dtype=torch.float32)
-    return {
+    terms = sorted({name for t in trajectories for name in t.reward_terms})
+    per_reward = {f"rollout/reward/{name}": sum(t.reward_terms.get(name, 0.0) for t in trajectories) / len(trajectories)
+                  for name in terms}  # each reward function's unweighted mean term
+    return per_reward | {
         "rollout/reward_mean": float(rewards.mean()), "rollout/reward_std": float(rewards.std(unbiased=False)),
         "rollout/accuracy": sum(t.correct for t in trajectories) / len(trajectories),
         "rollout/response_len_mean": float(lengths.mean()), "rollout/response_len_max": float(lengths.max()),

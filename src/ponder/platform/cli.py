@@ -43,14 +43,14 @@ def _config(args) -> PonderConfig:
 def preflight(cfg: PonderConfig, model_path: str) -> None:
     """Checks that need the filesystem: model, datasets, reward names. Runs before Ray starts."""
     from ponder.data.datasets import load_problems
-    from ponder.rewards.registry import resolve
+    from ponder.rewards.registry import check_options
 
     if not (Path(model_path) / "config.json").is_file() and not model_path.startswith(("s3://", "hf://")):
         raise UsageError(f"model {model_path!r} not found (no config.json); build the embedded one with "
                          "`ponder init-model` and `ponder sft`, or set model.path to a Hugging Face model directory")
     for spec in cfg.reward.functions:
         try:
-            resolve(spec.name)
+            check_options(spec.name, dict(spec.options))
         except ValueError as e:
             raise UsageError(f"reward.functions: {e}") from None
     load_problems(cfg.data.train, "train", cfg.data.task)
@@ -98,7 +98,7 @@ def cmd_sft(args) -> None:
     cfg = _config(args)
     from ponder.learner.sft import run_sft
 
-    print(f"SFT warm start written to {run_sft(cfg.sft, cfg.data.task, cfg.data.template)}")
+    print(f"SFT warm start written to {run_sft(cfg.sft, cfg.data)}")
 
 
 def cmd_init_model(args) -> None:

@@ -116,6 +116,7 @@ class RewardConfig:
     num_workers: int = 1
     processes_per_worker: int = 2  # verifier processes per reward actor
     timeout_s: float = 5.0  # hard wall-clock limit per reward call; the process is killed after it
+    memory_mb: int = 2048  # address-space cap of each verifier process; MemoryError there scores the term 0
     accuracy_from: str = "math"  # the term whose value 1.0 counts as a correct answer
     num_cpus: float = 0.5
 
@@ -317,6 +318,9 @@ def validate(cfg: PonderConfig) -> None:
         (cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype must be float32, bfloat16 or float16"),
         (len(cfg.reward.functions) > 0, "reward.functions is empty: add at least one, e.g. {name: math, weight: 1.0}"),
         (cfg.reward.timeout_s > 0, "reward.timeout_s must be > 0"),
+        (all(float(f.options.get("timeout_s", 0)) < cfg.reward.timeout_s for f in cfg.reward.functions),
+         f"a reward's own options.timeout_s must be below reward.timeout_s ({cfg.reward.timeout_s}), the hard limit "
+         "that kills it; raise reward.timeout_s"),
         (cfg.data.template in ("think", "none"), "data.template must be 'think' or 'none'"),
         (cfg.eval.k >= 1, "eval.k must be >= 1"),
         (r.weight_sync in ("shm", "nccl"), f"rollout.weight_sync must be 'shm' or 'nccl', got {r.weight_sync!r}"),

@@ -20,14 +20,15 @@ class RewardFn(Protocol):
 class RewardOutcome:
     """The weighted score of one completion, its per-function terms, and what went wrong on the way.
 
-    `timeouts` and `errors` list the reward names that were killed or raised. A timeout scores that term 0 (a defined
-    score: the completion made the verifier hang). An error is an infrastructure failure: the sample is masked, never
-    scored as 0.
+    `timeouts`, `over_limit` and `errors` list the reward names that were killed, ran out of memory or recursion, or
+    raised. A timeout or a limit scores that term 0 (a defined score: the completion made the verifier hang or blow
+    up). An error is an infrastructure failure: the sample is masked, never scored as 0.
     """
 
     reward: float
     terms: dict[str, float] = field(default_factory=dict)
     timeouts: list[str] = field(default_factory=list)
+    over_limit: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property

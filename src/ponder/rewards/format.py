@@ -9,7 +9,7 @@ from ponder.types import Problem
 _SHAPE = re.compile(r"</think>\s*\\boxed\{[^\n]*\}\s*$", re.DOTALL)
 
 
-def format_reward(completion: str, problem: Problem, **_) -> float:
+def format_reward(completion: str, problem: Problem) -> float:
     r"""1.0 for `...</think> \boxed{...}` at the end of the completion, else 0.0.
 
     >>> format_reward("7+5=12\n</think>\n\\boxed{12}", None)

@@ -12,7 +12,7 @@ from ponder.types import Problem
 MAX_ANSWER_CHARS = 1000  # longer "answers" are not parsed at all: they are never right and can be slow
 
 
-def math_reward(completion: str, problem: Problem, **_) -> float:
+def math_reward(completion: str, problem: Problem) -> float:
     """1.0 if the final boxed answer is mathematically equal to the gold answer, else 0.0.
 
     >>> from ponder.types import Problem
@@ -29,3 +29,11 @@ def math_reward(completion: str, problem: Problem, **_) -> float:
     gold = parse(f"\\boxed{{{problem.answer}}}")
     answer = parse(f"\\boxed{{{predicted}}}")
     return 1.0 if gold and answer and verify(gold, answer) else 0.0
+
+
+def _prepare(options: dict) -> None:
+    """Import math-verify (and sympy) before the first call, so the import is not on that call's clock."""
+    import math_verify  # noqa: F401
+
+
+math_reward.prepare = _prepare  # type: ignore[attr-defined]

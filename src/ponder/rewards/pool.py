@@ -1,9 +1,10 @@
 """A process pool whose every call is bounded by a hard timeout enforced from outside.
 
-Verifiers hang (sympy on adversarial expressions) or crash. Each call runs in a spawned worker process; the parent
-waits on the worker's pipe with a deadline, and a worker that misses it is killed (SIGKILL, not `signal.alarm`) and
-replaced, so the pool survives its workers being killed. Results come back in input order as `Result`s that say
-whether the call finished, timed out, or raised.
+Verifiers hang (sympy on adversarial expressions), blow up or crash. Each call runs in a spawned worker process with
+an address-space cap; the parent waits on the worker's pipe with a deadline, and a worker that misses it is killed
+(SIGKILL, not `signal.alarm`) and replaced, so the pool survives its workers being killed. Results come back in input
+order as `Result`s that say whether the call finished, timed out, hit a limit (MemoryError, RecursionError: the
+completion made the verifier blow up) or failed (anything else: the infrastructure's fault).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import Any, Optional
 
 from ponder.types import Problem
 
+START_TIMEOUT_S = 60.0  # a verifier process's start-up (spawn, imports, `prepare`) on a loaded machine
+CHUNK = 32  # most tasks per pipe message
+
 
 @dataclass(frozen=True)
 class Task:
@@ -26,26 +30,47 @@ class Task:
     options: dict[str, Any]
 
 
+READY = "ready"
+
+
 @dataclass(frozen=True)
 class Result:
-    status: str  # "ok" | "timeout" | "error"
+    status: str  # "ok" | "timeout" | "over_limit" | "error"
     value: float = 0.0
     error: Optional[str] = None
 
 
-def _worker_main(conn: Connection) -> None:
+def _worker_main(conn: Connection, memory_mb: int, prepare: tuple[tuple[str, dict], ...]) -> None:
+    import resource
+
     _die_with_parent()
+    resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
     from ponder.rewards.registry import resolve
 
+    for name, options in prepare:  # e.g. start warm sandboxes, before any call's clock runs
+        fn = resolve(name)
+        if hasattr(fn, "prepare"):
+            try:
+                fn.prepare(options)
+            except Exception:  # noqa: BLE001 - the reward's own calls raise it again, and are masked
+                pass
+    conn.send(READY)
+
     while True:
-        task: Optional[Task] = conn.recv()
-        if task is None:
+        chunk: Optional[list[Task]] = conn.recv()
+        if chunk is None:
             return
-        try:
-            value = float(resolve(task.reward)(task.completion, task.problem, **task.options))
-            conn.send(Result("ok", value))
-        except Exception as e:  # noqa: BLE001 - a reward's failure is reported to the parent, with its type
-            conn.send(Result("error", error=f"{type(e).__name__}: {e}"))
+        for task in chunk:  # one result per task, sent as soon as it is known: the parent times each task
+            conn.send(_call(resolve, task))
+
+
+def _call(resolve, task: Task) -> Result:
+    try:
+        return Result("ok", float(resolve(task.reward)(task.completion, task.problem, **task.options)))
+    except (MemoryError, RecursionError) as e:
+        return Result("over_limit", error=type(e).__name__)
+    except Exception as e:  # noqa: BLE001 - a reward's failure is reported to the parent, with its type
+        return Result("error", error=f"{type(e).__name__}: {e}")
 
 
 def _die_with_parent() -> None:
@@ -59,11 +84,21 @@ def _die_with_parent() -> None:
 
 
 class _Worker:
-    def __init__(self, ctx: mp.context.SpawnContext):
+    def __init__(self, ctx: mp.context.SpawnContext, memory_mb: int, prepare: tuple):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child,), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, memory_mb, prepare), daemon=True)
         self.process.start()
         child.close()
+        self.ready = False
+
+    def hand(self, tasks: list[Task]) -> None:
+        """Send a task once the worker is up: its start-up (imports, warm sandboxes) is not on the call's clock.
+        OSError/EOFError: the worker is dead or never came up."""
+        if not self.ready:
+            if not self.conn.poll(START_TIMEOUT_S) or self.conn.recv() != READY:
+                raise OSError("verifier process did not start")
+            self.ready = True
+        self.conn.send(tasks)
 
     def kill(self) -> None:
         self.process.kill()
@@ -72,52 +107,74 @@ class _Worker:
 
 
 class HardTimeoutPool:
-    """`map(tasks)` runs each task in a worker with `timeout_s` of wall time; never raises for a task's sake."""
+    """`map(tasks)` runs each task in a worker with `timeout_s` of wall time and `memory_mb` of address space; never
+    raises for a task's sake."""
 
-    def __init__(self, num_processes: int, timeout_s: float):
+    def __init__(self, num_processes: int, timeout_s: float, memory_mb: int = 4096,
+                 prepare: tuple[tuple[str, dict], ...] = ()):
         self._ctx = mp.get_context("spawn")
-        self._timeout_s = timeout_s
-        self._workers = [_Worker(self._ctx) for _ in range(num_processes)]
+        self._timeout_s, self._memory_mb, self._prepare = timeout_s, memory_mb, prepare
+        self._workers = [_Worker(self._ctx, memory_mb, prepare) for _ in range(num_processes)]
         self.restarts = 0
 
     def map(self, tasks: list[Task]) -> list[Result]:
+        """Results in input order. Tasks go out in chunks (one pipe message per chunk, not per task), and come back
+        one by one: each task's clock starts when the one before it in the chunk returned. A task past its deadline
+        is killed with its worker; the rest of its chunk goes back to the queue."""
         results: list[Optional[Result]] = [None] * len(tasks)
-        todo = deque(enumerate(tasks))
-        busy: dict[int, tuple[int, float]] = {}  # worker slot -> (task index, deadline)
+        todo = deque(range(len(tasks)))
+        busy: dict[int, tuple[deque[int], float]] = {}  # worker slot -> (indices in flight, deadline of the first)
         while todo or busy:
             for slot in range(len(self._workers)):
                 if slot not in busy and todo:
-                    index, task = todo.popleft()
-                    try:
-                        self._workers[slot].conn.send(task)
-                    except OSError:  # the idle worker was killed from outside: replace it, then hand over
-                        self._replace(slot)
-                        self._workers[slot].conn.send(task)
-                    busy[slot] = (index, time.monotonic() + self._timeout_s)
+                    size = max(1, min(CHUNK, len(todo) // (2 * len(self._workers))))
+                    chunk = deque(todo.popleft() for _ in range(size))
+                    if self._hand(slot, [tasks[i] for i in chunk]):
+                        busy[slot] = (chunk, time.monotonic() + self._timeout_s)
+                    else:
+                        results[chunk.popleft()] = Result("error", error="verifier process did not start")
+                        todo.extendleft(reversed(chunk))
+            if not busy:
+                continue
             next_deadline = min(deadline for _, deadline in busy.values())
             ready = wait([self._workers[s].conn for s in busy], timeout=max(0.0, next_deadline - time.monotonic()))
             for slot in list(busy):
-                worker, (index, deadline) = self._workers[slot], busy[slot]
-                if worker.conn in ready:
-                    results[index] = self._receive(slot)
-                    del busy[slot]
+                pending, deadline = busy[slot]
+                if self._workers[slot].conn in ready:
+                    index = pending.popleft()
+                    try:
+                        results[index] = self._workers[slot].conn.recv()
+                        busy[slot] = (pending, time.monotonic() + self._timeout_s)
+                    except (EOFError, OSError):  # died mid-call: killed from outside, out of memory, segfault
+                        code = self._workers[slot].process.exitcode
+                        results[index] = Result("error", error=f"reward worker died (exit code {code})")
+                        self._abandon(slot, pending, todo)
                 elif time.monotonic() >= deadline:
-                    results[index] = Result("timeout", 0.0, f"killed after {self._timeout_s:.1f}s")
-                    self._replace(slot)
+                    results[pending.popleft()] = Result("timeout", 0.0, f"killed after {self._timeout_s:.1f}s")
+                    self._abandon(slot, pending, todo)
+                if not pending:
                     del busy[slot]
         return results  # type: ignore[return-value]
 
-    def _receive(self, slot: int) -> Result:
-        try:
-            return self._workers[slot].conn.recv()
-        except (EOFError, OSError):  # the worker died mid-call (killed from outside, out of memory, segfault)
-            code = self._workers[slot].process.exitcode
-            self._replace(slot)
-            return Result("error", error=f"reward worker died (exit code {code})")
+    def _hand(self, slot: int, chunk: list[Task]) -> bool:
+        """Give a chunk to a worker; an idle worker killed from outside is replaced first. False: none came up."""
+        for _ in range(2):
+            try:
+                self._workers[slot].hand(chunk)
+                return True
+            except (OSError, EOFError):
+                self._replace(slot)
+        return False
+
+    def _abandon(self, slot: int, pending: deque[int], todo: deque[int]) -> None:
+        """Kill and replace a worker; the tasks of its chunk it had not started go back to the front of the queue."""
+        self._replace(slot)
+        todo.extendleft(reversed(pending))
+        pending.clear()
 
     def _replace(self, slot: int) -> None:
         self._workers[slot].kill()
-        self._workers[slot] = _Worker(self._ctx)
+        self._workers[slot] = _Worker(self._ctx, self._memory_mb, self._prepare)
         self.restarts += 1
 
     def pids(self) -> list[int]:

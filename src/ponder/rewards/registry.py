@@ -1,18 +1,27 @@
-"""Reward functions by name: a plain dict of the built-ins, plus any function by import path `pkg.module:function`."""
+"""Reward functions by name: a plain dict of the built-ins, plus any function by import path `pkg.module:function`.
+
+A reward function may carry three optional hooks: `check_options(options)` raises ValueError on options it does not
+take (otherwise its signature decides; run before any actor starts), `self_test(options)` checks where the reward
+actor runs that it can score at all (the code sandbox: isolation in force), and `prepare(options)` readies each
+verifier process before its first call (warm sandboxes).
+"""
 
 from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Callable
+import inspect
+from typing import Any, Callable
 
 from ponder.rewards.base import RewardFn
+from ponder.rewards.code import code_reward
 from ponder.rewards.format import format_reward
 from ponder.rewards.math import math_reward
 
 REGISTRY: dict[str, RewardFn] = {
     "math": math_reward,
     "format": format_reward,
+    "code": code_reward,
 }
 
 
@@ -32,4 +41,20 @@ def resolve(name: str) -> RewardFn:
         raise ValueError(f"reward {name!r} cannot be imported: {e}") from None
     if not callable(fn):
         raise ValueError(f"reward {name!r} is not callable")
+    return fn
+
+
+def check_options(name: str, options: dict[str, Any]) -> RewardFn:
+    """The reward function, once its options are known to be ones it takes; ValueError names the unknown ones."""
+    fn = resolve(name)
+    if hasattr(fn, "check_options"):
+        fn.check_options(options)
+        return fn
+    params = list(inspect.signature(fn).parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return fn  # takes any option: it checks them itself
+    known = [p.name for p in params[2:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"reward {name!r} has no option(s) {unknown}; it takes {known or 'none'}")
     return fn
