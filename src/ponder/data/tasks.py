@@ -81,7 +81,7 @@ def code_problem(a: int, op: str, b: int) -> Problem:
     """The embedded code task: write `f` from its formula, e.g. `f(x)=3x+4`; three assert tests check it.
 
     >>> p = code_problem(3, "+", 4)
-    >>> print(p.answer)
+    >>> print(p.answer, end="")
     def f(x):
         return 3*x+4
     >>> p.metadata["tests"][1]

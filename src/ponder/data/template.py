@@ -20,7 +20,7 @@ def render_completion(reasoning: str, answer: str, answer_format: str = "boxed")
     """The target a worked solution is trained toward (SFT): the shape the format reward checks, or for code tasks
     (`answer_format` "code") a fenced Python block, the shape the code reward reads.
 
-    >>> print(render_completion("f(x)=2*x+1", "def f(x):\n    return 2*x+1\n", "code"))
+    >>> print(render_completion("f(x)=2*x+1", "def f(x):\\n    return 2*x+1\\n", "code"))
     f(x)=2*x+1
     </think>
     ```python

@@ -196,4 +196,5 @@ def main():
             return
 
 
-main()
+if __name__ == "__main__":  # run by `python3 -c` inside the sandbox; never on import
+    main()
