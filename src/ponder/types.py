@@ -46,6 +46,25 @@ class Trajectory:
     reward_terms: dict[str, float] = field(default_factory=dict)
     correct: bool = False
     masked: bool = False  # infrastructure failure while scoring: excluded from the loss, never scored as 0
+    # per-step critic scores (dense rewards): (end of the step as a response-token index, exclusive; score)
+    step_scores: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CriticRequest:
+    """What a critic scores: the prompt, the response, and the response's policy tokens (steps are token ranges)."""
+
+    prompt: str
+    response: str
+    response_ids: list[int]
+
+
+@dataclass(frozen=True)
+class CriticScore:
+    """A critic's verdict on one response. `value` None: no usable score (a judge's unparseable output)."""
+
+    value: Optional[float]
+    steps: tuple[tuple[int, float], ...] = ()  # per-step mode: (step end, exclusive response-token index; score)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from ponder.learner.advantages import grpo_advantages
+from ponder.learner.advantages import grpo_advantages, process_advantages
+from ponder.learner.batching import pack
+from ponder.types import Problem, Trajectory
 from ponder.learner.losses import behaviour_correction, clipped_surrogate, entropy, kl_penalty, token_logprobs
 
 
@@ -90,3 +92,26 @@ def test_importance_weights_scale_the_surrogate_per_token():
     loss.backward()
     # at ratio 1 the gradient of -A·w·r / N with respect to logp is -A·w / N
     assert logp.grad.tolist() == [[-1.0, -0.25]]
+
+
+def test_process_advantages_by_hand():
+    """Group of two: steps scored 3, 1 | 2. Pooled mean 2, population std sqrt(2/3); normalised
+    +1.2247, -1.2247 | 0. Tokens get the sum over their own step and the later ones."""
+    out = process_advantages([[(2, 3.0), (3, 1.0)], [(1, 2.0)]], [5, 5], [3, 2])
+    z = 1 / math.sqrt(2 / 3)
+    assert out[0].tolist() == pytest.approx([0.0, 0.0, -z], abs=1e-5)
+    assert out[1].tolist() == pytest.approx([0.0, 0.0], abs=1e-6)
+    # a group whose steps all score the same carries no process signal, and other groups are separate
+    flat = process_advantages([[(1, 0.5)], [(1, 0.5)], [(1, 1.0), (2, 0.0)]], [0, 0, 1], [1, 1, 2])
+    assert [t.tolist() for t in flat[:2]] == [[0.0], [0.0]]
+    assert flat[2].tolist() == pytest.approx([0.0, -1.0], abs=1e-5)
+
+
+def test_dense_advantages_sit_on_response_tokens_and_reach_the_loss():
+    traj = Trajectory(0, 0, Problem("q", "a"), [5, 6], [7, 8, 9], "xyz", [-1.0, -1.0, -1.0], "stop", 0)
+    packed = pack([traj], torch.tensor([0.5]), pad_id=0, dense=[torch.tensor([1.0, 0.0, -1.0])])
+    # targets are shifted left by one: the response's 3 tokens are targets 1..3 of the 4
+    assert packed.advantages.tolist() == [[0.0, 1.5, 0.5, -0.5]]
+    logp = torch.zeros(1, 4)
+    loss, _ = clipped_surrogate(logp, logp, packed.advantages, packed.response_mask, 0.2, 0.2, normaliser=3.0)
+    assert float(loss) == pytest.approx(-(1.5 + 0.5 - 0.5) / 3)  # ratio 1: the loss is minus the mean advantage

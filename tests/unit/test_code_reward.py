@@ -83,3 +83,11 @@ def test_registry_checks_options_by_signature_or_hook():
         registry_check_options("math", {"strict": True})
     with pytest.raises(ValueError, match="no option"):
         registry_check_options("code", {"bogus": 1})
+
+
+def test_critic_options_are_checked_like_reward_options():
+    assert registry_check_options("judge", {"path": "/models/judge", "per_step": True}) is None
+    with pytest.raises(ValueError, match="needs options.path"):
+        registry_check_options("reward_model", {})
+    with pytest.raises(ValueError, match="no option"):
+        registry_check_options("judge", {"path": "x", "temprature": 0.5})

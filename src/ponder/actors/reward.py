@@ -1,40 +1,63 @@
-"""The reward actor: scores trajectories with the configured reward functions, off the driver.
+"""The reward actor: scores trajectories with the configured rewards, off the driver.
 
-Owns a `HardTimeoutPool` of verifier processes. Receives trajectory batches (Ray resolves the ObjectRefs it is given),
-fills in each trajectory's weighted reward, its terms, correctness and mask, and returns the batch plus a small
-`ScoreReport` (counts for the driver, rewards for the trajectory buffer's dynamic sampling). A plain class: Ray is applied in `platform/cluster.py`.
+Owns a `HardTimeoutPool` of verifier processes for the reward functions, and asks the critic actors (reward model,
+LLM judge) for the critic terms. Receives trajectory batches (Ray resolves the ObjectRefs it is given), fills in each
+trajectory's weighted reward, its terms, per-step critic scores, correctness and mask, and returns the batch plus a
+small `ScoreReport` (counts for the driver, rewards for the trajectory buffer's dynamic sampling). A critic that gives
+no score (a judge's unparseable output) masks the sample, like any infrastructure failure, and is counted. A plain
+class: Ray is applied in `platform/cluster.py`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any, Optional
 
 from ponder.platform.config import RewardConfig, RewardSpec
 from ponder.rewards.base import RewardOutcome
+from ponder.rewards.critic import KINDS
 from ponder.rewards.pool import HardTimeoutPool, Result, Task
 from ponder.rewards.registry import check_options
-from ponder.types import ScoreReport, Trajectory
+from ponder.types import CriticRequest, CriticScore, ScoreReport, Trajectory
 
 
 class RewardWorker:
-    def __init__(self, cfg: RewardConfig):
+    def __init__(self, cfg: RewardConfig, critics: Optional[dict[str, Any]] = None):
+        """`critics`: handles of the critic actors (actors/critic.py) by reward name, made by platform/cluster.py."""
+        self.critics = critics or {}
         for spec in cfg.functions:  # fail at start-up, not mid-run: unknown reward or option, or no isolation
+            if spec.name in KINDS:
+                if spec.name not in self.critics:
+                    raise ValueError(f"reward {spec.name!r} is served by a critic actor and none was given")
+                continue
             fn = check_options(spec.name, dict(spec.options))
             if hasattr(fn, "self_test"):
                 fn.self_test(dict(spec.options))
         self.cfg = cfg
-        prepare = tuple((spec.name, dict(spec.options)) for spec in cfg.functions)
+        prepare = tuple((s.name, dict(s.options)) for s in cfg.functions if s.name not in KINDS)
         self.pool = HardTimeoutPool(cfg.processes_per_worker, cfg.timeout_s, cfg.memory_mb, prepare)
 
     def score(self, *batches: list[Trajectory]) -> tuple[list[Trajectory], ScoreReport]:
         trajectories = [t for batch in batches for t in batch]
         specs = [self._specs_for(t) for t in trajectories]
+        asked = self._ask_critics(trajectories, specs)  # the critics work while the verifier processes do
         tasks = [Task(s.name, t.response_text, t.problem, dict(s.options)) for t, ss in zip(trajectories, specs)
-                 for s in ss]
-        results = iter(self.pool.map(tasks))
+                 for s in ss if s.name not in KINDS]
+        verified = iter(self.pool.map(tasks))
+        critiques = self._critic_scores(asked)
         counts: Counter[str] = Counter()
-        for traj, ss in zip(trajectories, specs):
-            outcome = compose(ss, [next(results) for _ in ss])
+        for i, (traj, ss) in enumerate(zip(trajectories, specs)):
+            results = []
+            for spec in ss:
+                if spec.name not in KINDS:
+                    results.append(next(verified))
+                    continue
+                critique = critiques[spec.name][i]
+                results.append(Result("ok", critique.value) if critique.value is not None
+                               else Result("error", error=f"{spec.name} gave no score"))
+                traj.step_scores = traj.step_scores + [(end, spec.weight * v) for end, v in critique.steps]
+                counts[f"{spec.name}_unscored"] += critique.value is None
+            outcome = compose(ss, results)
             traj.reward, traj.reward_terms, traj.masked = outcome.reward, outcome.terms, outcome.masked
             traj.correct = outcome.terms.get(self.cfg.accuracy_from, 0.0) >= 1.0
             counts.update({"timeouts": len(outcome.timeouts), "over_limit": len(outcome.over_limit),
@@ -44,8 +67,26 @@ class RewardWorker:
                              masked=sum(t.masked for t in trajectories))
         return trajectories, report
 
+    def _ask_critics(self, trajectories: list[Trajectory], specs: list[list[RewardSpec]]) -> dict[str, tuple]:
+        """Per critic in use: (indices of the trajectories it scores, the ref of its answer)."""
+        asked = {}
+        for name in {s.name for ss in specs for s in ss if s.name in KINDS}:
+            indices = [i for i, ss in enumerate(specs) if any(s.name == name for s in ss)]
+            requests = [CriticRequest(trajectories[i].problem.prompt, trajectories[i].response_text,
+                                      trajectories[i].response_ids) for i in indices]
+            asked[name] = (indices, self.critics[name].score.remote(requests))
+        return asked
+
+    @staticmethod
+    def _critic_scores(asked: dict[str, tuple]) -> dict[str, dict[int, CriticScore]]:
+        if not asked:
+            return {}
+        import ray
+
+        return {name: dict(zip(indices, ray.get(ref))) for name, (indices, ref) in asked.items()}
+
     def _specs_for(self, traj: Trajectory) -> list[RewardSpec]:
-        """A dataset row may name its own reward; otherwise the configured list applies."""
+        """A dataset row may name its own reward function; otherwise the configured list applies."""
         return [RewardSpec(traj.problem.reward, 1.0)] if traj.problem.reward else list(self.cfg.functions)
 
     def pids(self) -> list[int]:

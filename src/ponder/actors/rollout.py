@@ -24,7 +24,7 @@ from collections import deque
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 from ponder.platform.config import RolloutConfig
 from ponder.transport.weights import verify
@@ -44,6 +44,7 @@ class Sampling:
     min_tokens: int = 0
     # Keep sampling past EOS up to max_tokens without changing the distribution (exact lengths for benchmarks).
     ignore_eos: bool = False
+    regex: Optional[str] = None  # structured output: completions must match it (a judge's "Score: N" line)
 
 
 @dataclass
@@ -235,7 +236,7 @@ class RolloutWorker:
         """Waiting submissions enter the engine once it has their weights and no update is waiting."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         if self._commands:
             return
@@ -253,7 +254,8 @@ class RolloutWorker:
                     self.engine.add_request(request_id, TokensPrompt(prompt_token_ids=ids), SamplingParams(
                         n=1, temperature=s.temperature, top_p=s.top_p, max_tokens=req.max_tokens or s.max_tokens,
                         min_tokens=s.min_tokens, ignore_eos=s.ignore_eos, logprobs=0, seed=req.seed + k,
-                        output_kind=RequestOutputKind.DELTA))
+                        output_kind=RequestOutputKind.DELTA,
+                        structured_outputs=StructuredOutputsParams(regex=s.regex) if s.regex else None))
 
     def _record(self, outputs: list) -> None:
         """Append each request's new tokens, stamped with the weights that sampled them; hand on finished groups."""

@@ -63,3 +63,18 @@ def build_tiny_model(cfg: TinyModelConfig) -> Path:
     tokenizer.save_pretrained(out)
     stamp.write_text(json.dumps(asdict(cfg)))
     return out
+
+
+def build_tiny_reward_model(policy_dir: str | Path, out_dir: str | Path) -> Path:
+    """A reward model for tests and demos: the tiny policy's body with a fresh one-output scoring head
+    (`Qwen2ForSequenceClassification`, num_labels=1), and the same tokenizer. Untrained: its scores mean nothing."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(policy_dir, num_labels=1)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(policy_dir, config=config)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(policy_dir).save_pretrained(out)
+    return out

@@ -25,3 +25,42 @@ def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, norm_by_std:
     sq = torch.zeros(len(counts), dtype=rewards.dtype).index_add_(0, inverse, centered**2)
     std = torch.sqrt(sq / (counts - 1).clamp(min=1))
     return centered / (std[inverse] + eps)
+
+
+def process_advantages(step_scores: list[list[tuple[int, float]]], group_ids: list[int], lengths: list[int],
+                       eps: float = 1e-6) -> list[torch.Tensor]:
+    """Dense advantages from per-step critic scores (DeepSeekMath's process supervision for GRPO).
+
+    Each step score is normalised by the mean and std of all step scores in its group (population std; a group with
+    fewer than two steps, or no spread, gets 0); a token's advantage is the sum of the normalised scores of its own
+    step and of every later step of its sample. step_scores[i]: (end, score) pairs of sample i, `end` the exclusive
+    response-token index where the step stops, ascending; lengths[i]: its response length. Returns one [lengths[i]]
+    float tensor per sample; tokens after the last step, and samples without steps, get 0.
+
+    Two samples of one group, each a good step then a bad one: scores 1, 0, 1, 0 normalise to +1, -1, +1, -1; a token
+    of a first step gets +1 - 1 = 0, a token of a second step -1, and a token after the last step 0:
+
+    >>> out = process_advantages([[(1, 1.0), (3, 0.0)], [(2, 1.0), (3, 0.0)]], [0, 0], [4, 3])
+    >>> [[round(x, 3) + 0.0 for x in a.tolist()] for a in out]
+    [[0.0, -1.0, -1.0, 0.0], [0.0, 0.0, -1.0]]
+    """
+    scores = [torch.tensor([s for _, s in steps], dtype=torch.float32) for steps in step_scores]
+    normalised = [torch.zeros(len(s)) for s in scores]
+    for gid in set(group_ids):
+        members = [i for i, g in enumerate(group_ids) if g == gid and len(scores[i])]
+        pooled = torch.cat([scores[i] for i in members]) if members else torch.zeros(0)
+        if len(pooled) < 2 or float(pooled.std(unbiased=False)) < eps:
+            continue
+        mean, std = pooled.mean(), pooled.std(unbiased=False)
+        for i in members:
+            normalised[i] = (scores[i] - mean) / (std + eps)
+    out = []
+    for steps, norm, length in zip(step_scores, normalised, lengths):
+        token_adv = torch.zeros(length)
+        start = 0
+        to_go = torch.flip(torch.cumsum(torch.flip(norm, [0]), 0), [0])  # sum over this step and the later ones
+        for (end, _), value in zip(steps, to_go):
+            token_adv[start:min(end, length)] = value
+            start = end
+        out.append(token_adv)
+    return out

@@ -20,17 +20,19 @@ class Packed:
     targets: torch.Tensor  # [B, L-1] long: input_ids shifted left
     response_mask: torch.Tensor  # [B, L-1] float: 1 on response-token targets of unmasked samples
     behaviour_logprobs: torch.Tensor  # [B, L-1] float: the engine's logprobs, 0 outside the response
-    advantages: torch.Tensor  # [B] float
+    advantages: torch.Tensor  # [B, L-1] float: the sequence's advantage (+ dense process terms) on its response
 
 
-def pack(trajectories: list[Trajectory], advantages: torch.Tensor, pad_id: int) -> Packed:
-    """advantages: [B] aligned with `trajectories`."""
+def pack(trajectories: list[Trajectory], advantages: torch.Tensor, pad_id: int,
+         dense: list[torch.Tensor] | None = None) -> Packed:
+    """advantages: [B] aligned with `trajectories`; dense: optional per-sample [response length] additions."""
     lengths = [len(t.prompt_ids) + len(t.response_ids) for t in trajectories]
     width = max(lengths)
     ids = torch.full((len(trajectories), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(trajectories), width), dtype=torch.long)
     mask = torch.zeros((len(trajectories), width - 1))
     behaviour = torch.zeros((len(trajectories), width - 1))
+    token_adv = torch.zeros((len(trajectories), width - 1))
     for row, traj in enumerate(trajectories):
         p, r = len(traj.prompt_ids), len(traj.response_ids)
         ids[row, : p + r] = torch.tensor(traj.prompt_ids + traj.response_ids)
@@ -38,7 +40,8 @@ def pack(trajectories: list[Trajectory], advantages: torch.Tensor, pad_id: int) 
         if not traj.masked:  # a sample whose reward could not be computed trains on nothing
             mask[row, p - 1 : p + r - 1] = 1.0
         behaviour[row, p - 1 : p + r - 1] = torch.tensor(traj.logprobs, dtype=torch.float32)
-    return Packed(ids, attention, ids[:, 1:], mask, behaviour, advantages.float())
+        token_adv[row, p - 1 : p + r - 1] = advantages[row] + (dense[row] if dense is not None else 0.0)
+    return Packed(ids, attention, ids[:, 1:], mask, behaviour, token_adv)
 
 
 def chunks(items: list, size: int) -> list[list]:

@@ -27,7 +27,8 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
                       ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO/GRPO clipped objective with separate low/high clip (DAPO's clip-higher), as a loss to minimise.
 
-    logp, old_logp, mask: [B, T]; advantages: [B] (one per sequence, broadcast over its tokens); weights: optional
+    logp, old_logp, mask: [B, T]; advantages: [B] (one per sequence, broadcast over its tokens) or [B, T] (per token,
+    with dense process terms); weights: optional
     [B, T] per-token importance weights (from `behaviour_correction`), applied outside the clip.
     Returns (sum over tokens of w·max(-A·r, -A·clip(r, 1-low, 1+high)) / normaliser, metrics), r = exp(logp-old_logp).
 
@@ -37,7 +38,7 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
     -0.89
     """
     ratio = torch.exp(logp - old_logp)
-    adv = advantages.unsqueeze(-1)
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(unclipped, clipped)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ponder.learner.advantages import grpo_advantages
+from ponder.learner.advantages import grpo_advantages, process_advantages
 from ponder.learner.batching import Packed, chunks, pack, shard_groups
 from ponder.learner.losses import (behaviour_correction, clipped_surrogate, entropy, kl_penalty, masked_sum,
                                   token_logprobs)
@@ -71,28 +71,36 @@ class LearnerWorker:
     def train(self, *batches: list[Trajectory]) -> dict[str, float]:
         everything = [t for batch in batches for t in batch]
         mine = shard_groups(everything, self.cfg.num_ranks, self.rank)
-        advantages = self._advantages(mine)
+        advantages, dense = self._advantages(mine)
         metrics: dict[str, list[float]] = {}
         groups = sorted({t.group_id for t in mine})
         for mb_groups in chunks(groups, len(groups) // self.cfg.num_minibatches):
             selected = set(mb_groups)
             index = [i for i, t in enumerate(mine) if t.group_id in selected]
-            micro = [pack([mine[i] for i in part], advantages[part], self.tokenizer.pad_token_id)
+            micro = [pack([mine[i] for i in part], advantages[part], self.tokenizer.pad_token_id,
+                          [dense[i] for i in part] if dense else None)
                      for part in chunks(index, self.cfg.micro_batch_size)]
             self._minibatch_step(micro, metrics, reuse_logprobs=self.cfg.num_minibatches == 1)
         out = {k: sum(v) / len(v) for k, v in metrics.items()}
         out.update(grad_norm=float(self.engine.get_global_grad_norm() or 0.0), **rollout_stats(everything))
         return out
 
-    def _advantages(self, trajectories: list[Trajectory]) -> torch.Tensor:
-        """Group-normalised; masked samples (reward infrastructure failed) get 0 and stay out of group stats."""
+    def _advantages(self, trajectories: list[Trajectory]) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Group-normalised outcome advantages [B], and with per-step critic scores their dense token-level terms
+        (times algo.process_coef). Masked samples (reward infrastructure failed) get 0 and stay out of group stats."""
         keep = [i for i, t in enumerate(trajectories) if not t.masked]
         advantages = torch.zeros(len(trajectories))
+        dense = None
         if keep:
             rewards = torch.tensor([trajectories[i].reward for i in keep], dtype=torch.float32)
             gids = torch.tensor([trajectories[i].group_id for i in keep])
             advantages[keep] = grpo_advantages(rewards, gids, self.algo.norm_adv_by_std)
-        return advantages
+        if self.algo.process_coef and any(t.step_scores for t in trajectories):
+            dense = process_advantages([[] if t.masked else t.step_scores for t in trajectories],
+                                       [t.group_id for t in trajectories],
+                                       [len(t.response_ids) for t in trajectories])
+            dense = [self.algo.process_coef * d for d in dense]
+        return advantages, dense
 
     def _minibatch_step(self, micro: list[Packed], metrics: dict[str, list[float]], reuse_logprobs: bool) -> None:
         """One optimizer step over `micro`. The clipped ratio is taken against the proximal policy (this step's weights

@@ -14,11 +14,13 @@ import socket
 import ray
 
 from ponder.actors.buffer import TrajectoryBuffer
+from ponder.actors.critic import JudgeWorker, RewardModelWorker
 from ponder.actors.reward import RewardWorker
 from ponder.actors.rollout import RolloutWorker
 from ponder.data.stream import split_even
 from ponder.learner.worker import LearnerWorker
 from ponder.platform.config import PonderConfig
+from ponder.rewards.critic import KINDS, with_defaults
 
 
 # Quiet engines: per-request INFO lines from vLLM would bury the progress bar; warnings and errors still show.
@@ -45,8 +47,24 @@ class Cluster:
 
     def reward_pool(self) -> list:
         c = self.cfg.reward
+        critics = self.critics()
         cls = ray.remote(num_cpus=c.num_cpus)(RewardWorker)
-        return self._track([cls.remote(c) for _ in range(c.num_workers)])
+        return self._track([cls.remote(c, critics) for _ in range(c.num_workers)])
+
+    def critics(self) -> dict:
+        """One actor per critic in `reward.functions` (reward model, LLM judge), shared by every reward actor. Step
+        boundaries are found with the policy's tokenizer (`model.path`)."""
+        handles = {}
+        for spec in self.cfg.reward.functions:
+            if spec.name not in KINDS:
+                continue
+            opts = with_defaults(spec.name, dict(spec.options))
+            cls = ray.remote(num_cpus=opts["num_cpus"], num_gpus=opts["num_gpus"])(
+                RewardModelWorker if spec.name == "reward_model" else JudgeWorker)
+            args = (self.cfg.rollout, self.cfg.model.dtype, self.cfg.seed) if spec.name == "judge" else \
+                (self.cfg.model.dtype,)
+            handles[spec.name] = self._track([cls.remote(dict(spec.options), self.cfg.model.path, *args)])[0]
+        return handles
 
     def buffer(self, max_staleness: int, dynamic_sampling: bool):
         cls = ray.remote(num_cpus=0, max_concurrency=4)(TrajectoryBuffer)

@@ -133,6 +133,7 @@ class AlgoConfig:
     entropy_coef: float = 0.0  # > 0 adds an entropy bonus (entropy is always logged)
     off_policy: str = "tis"  # behaviour-policy correction: none, tis (truncated IS) or decoupled (decoupled PPO)
     is_cap: float = 2.0  # tis: importance weights truncated at this; decoupled: tokens above it are masked
+    process_coef: float = 1.0  # weight of the dense advantages from per-step critic scores (per_step critics only)
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,8 @@ def validate(cfg: PonderConfig) -> None:
         (cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype must be float32, bfloat16 or float16"),
         (len(cfg.reward.functions) > 0, "reward.functions is empty: add at least one, e.g. {name: math, weight: 1.0}"),
         (cfg.reward.timeout_s > 0, "reward.timeout_s must be > 0"),
+        (all([f.name for f in cfg.reward.functions].count(k) <= 1 for k in ("reward_model", "judge")),
+         "reward.functions: at most one reward_model and one judge (each is one critic actor)"),
         (all(float(f.options.get("timeout_s", 0)) < cfg.reward.timeout_s for f in cfg.reward.functions),
          f"a reward's own options.timeout_s must be below reward.timeout_s ({cfg.reward.timeout_s}), the hard limit "
          "that kills it; raise reward.timeout_s"),

@@ -11,8 +11,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
+from ponder.rewards import critic
 from ponder.rewards.base import RewardFn
 from ponder.rewards.code import code_reward
 from ponder.rewards.format import format_reward
@@ -32,8 +33,8 @@ def resolve(name: str) -> RewardFn:
     if ":" not in name:
         close = difflib.get_close_matches(name, REGISTRY, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown reward {name!r}; {hint}built-ins are {sorted(REGISTRY)}, or give an import path "
-                         "'package.module:function'")
+        raise ValueError(f"unknown reward {name!r}; {hint}built-ins are {sorted(REGISTRY)}, critics are "
+                         f"{list(critic.KINDS)}, or give an import path 'package.module:function'")
     module_name, _, attr = name.partition(":")
     try:
         fn: Callable = getattr(importlib.import_module(module_name), attr)
@@ -44,8 +45,12 @@ def resolve(name: str) -> RewardFn:
     return fn
 
 
-def check_options(name: str, options: dict[str, Any]) -> RewardFn:
-    """The reward function, once its options are known to be ones it takes; ValueError names the unknown ones."""
+def check_options(name: str, options: dict[str, Any]) -> Optional[RewardFn]:
+    """The reward function, once its options are known to be ones it takes; ValueError names the unknown ones.
+    Critics (`reward_model`, `judge`) are actors, not functions: their options are checked and None comes back."""
+    if name in critic.KINDS:
+        critic.check_options(name, options)
+        return None
     fn = resolve(name)
     if hasattr(fn, "check_options"):
         fn.check_options(options)
