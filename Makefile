@@ -41,7 +41,7 @@ bench: setup
 
 # B1 + B6: streaming modes vs sync (trained samples/s); Ray pipeline vs the same components in one process.
 # B2: vLLM rollout engine vs Hugging Face generate (useful tokens/s); B3: weight push vs a plain memory copy.
-.PHONY: bench-pipeline bench-engine bench-weights
+.PHONY: bench-pipeline bench-engine bench-weights bench-rewards
 bench-pipeline: setup
 	$(BIN)/python benchmarks/pipeline.py --b6 $(BENCH_ARGS)
 
@@ -50,6 +50,10 @@ bench-engine: setup
 
 bench-weights: setup
 	$(BIN)/python benchmarks/weight_push.py $(BENCH_ARGS)
+
+# B4: math verification, reward actor vs serial; B5: sandboxed code execution vs bare subprocess, warm vs cold.
+bench-rewards: setup
+	$(BIN)/python benchmarks/rewards.py $(BENCH_ARGS)
 
 # Peer benchmark P1: TRL's GRPOTrainer on the same task. Its own venv, so TRL never moves vLLM's pins in $(VENV).
 # pip, not uv: only pip searches the local wheel directory that holds the +cpu torch.
