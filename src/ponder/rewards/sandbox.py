@@ -180,6 +180,7 @@ class Sandbox:
         sandbox is `reusable` if the harness swept it clean within the run's time; otherwise it is killed."""
         self.reusable = False
         try:
+            self.reader.budget((self.limits.output_kb * 1024 + 512) * (len(cases) + 1))
             if self.reader.line(time.monotonic() + START_TIMEOUT_S) != "ready":
                 raise SandboxError(f"the sandbox did not start: {self._stderr()}")
             job = {"code": code, "kind": kind, "cases": cases, "case_timeout_s": self.limits.case_timeout_s,
@@ -192,7 +193,6 @@ class Sandbox:
             self.jobs += 1
             results: list[CaseResult] = [CaseResult("no result")] * len(cases)
             deadline = time.monotonic() + self.limits.timeout_s
-            self.reader.budget((self.limits.output_kb * 1024 + 512) * (len(cases) + 1))
             while (line := self.reader.line(deadline)) not in (None, "done", "dirty"):
                 index, result = _parse(line)
                 if index is not None and 0 <= index < len(cases):
