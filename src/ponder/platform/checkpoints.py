@@ -1,0 +1,104 @@
+"""Atomic checkpoints on any `Storage` (local or s3://): data first, a manifest last, `latest` only ever complete.
+
+Layout under the checkpoint root:
+
+    step_00000010/<files...>          the checkpoint's data, uploaded first
+    step_00000010/MANIFEST.json      written after every file: step, each file's size and SHA-256, metadata
+    latest                           "step_00000010", written after the manifest
+
+A checkpoint exists only once its manifest does, so an upload that dies halfway (preemption, a network error) leaves
+data without a manifest, which no reader takes; `latest` is written after the manifest and, should it be missing or
+name an incomplete checkpoint, readers fall back to the newest complete one. Loading verifies every file's size and
+hash. Retention keeps the newest `keep_last` complete checkpoints and removes incomplete ones older than the newest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+from ponder.platform.storage import Storage
+from ponder.transport.weights import file_sha256
+
+MANIFEST = "MANIFEST.json"
+LATEST = "latest"
+_NAME = re.compile(r"^step_(\d{8})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: missing, incomplete, or corrupted in storage."""
+
+
+def checkpoint_name(step: int) -> str:
+    """The storage name of step's checkpoint: sorts by step as text.
+
+    >>> checkpoint_name(42)
+    'step_00000042'
+    """
+    return f"step_{step:08d}"
+
+
+class CheckpointStore:
+    def __init__(self, storage: Storage, keep_last: int = 3):
+        if keep_last < 1:
+            raise ValueError("keep_last must be >= 1")
+        self.storage, self.keep_last = storage, keep_last
+
+    def save(self, step: int, local_dir: Path, meta: dict[str, Any]) -> str:
+        """Upload every file under `local_dir` as the checkpoint of `step`; returns its name once it is complete."""
+        name = checkpoint_name(step)
+        files = {}
+        for path in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
+            relative = path.relative_to(local_dir).as_posix()
+            files[relative] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+            self.storage.put_file(path, f"{name}/{relative}")
+        manifest = {"step": step, "files": files, "meta": meta}
+        self.storage.put_text(f"{name}/{MANIFEST}", json.dumps(manifest, indent=1, sort_keys=True))
+        self.storage.put_text(LATEST, name)
+        self._retain(name)
+        return name
+
+    def complete(self) -> list[str]:
+        """Names of the checkpoints whose manifest exists, oldest first."""
+        names = {key.split("/")[0] for key in self.storage.list("") if key.endswith(f"/{MANIFEST}")}
+        return sorted(n for n in names if _NAME.match(n))
+
+    def latest(self) -> Optional[str]:
+        """The checkpoint `latest` names if it is complete, else the newest complete one; None if there is none."""
+        named = (self.storage.get_text(LATEST) or "").strip()
+        complete = self.complete()
+        if named in complete:
+            return named
+        return complete[-1] if complete else None
+
+    def manifest(self, name: str) -> dict[str, Any]:
+        text = self.storage.get_text(f"{name}/{MANIFEST}")
+        if text is None:
+            raise CheckpointError(f"{self.storage.url}/{name} is not a complete checkpoint (no {MANIFEST}); "
+                                  f"complete ones: {self.complete() or 'none'}")
+        return json.loads(text)
+
+    def load(self, name: str, local_dir: Path) -> dict[str, Any]:
+        """Download checkpoint `name` into `local_dir`, verifying each file; returns its manifest."""
+        manifest = self.manifest(name)
+        for relative, expected in manifest["files"].items():
+            target = Path(local_dir) / relative
+            self.storage.get_file(f"{name}/{relative}", target)
+            size, digest = target.stat().st_size, file_sha256(target)
+            if (size, digest) != (expected["bytes"], expected["sha256"]):
+                raise CheckpointError(f"{self.storage.url}/{name}/{relative} is corrupted: {size} bytes, sha256 "
+                                      f"{digest[:12]}…, the manifest says {expected['bytes']} bytes, "
+                                      f"{expected['sha256'][:12]}…")
+        return manifest
+
+    def _retain(self, newest: str) -> None:
+        complete = self.complete()
+        for old in complete[: -self.keep_last]:
+            if old != newest:
+                self.storage.delete_prefix(f"{old}/")
+        started = {key.split("/")[0] for key in self.storage.list("") if _NAME.match(key.split("/")[0])}
+        for partial in started - set(complete):
+            if partial < newest:  # an upload that died before this one: never completed, never will
+                self.storage.delete_prefix(f"{partial}/")
