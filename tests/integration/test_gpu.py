@@ -35,3 +35,30 @@ def test_nccl_push_reaches_the_engine_and_logprobs_match(tiny_model_dir, tmp_pat
         assert {t.policy_version for t in trajectories} == {1}
         ours = ray.get(learners[0].forward_logprobs.remote(trajectories[0].prompt_ids, trajectories[0].response_ids))
         assert max(abs(a - b) for a, b in zip(ours, trajectories[0].logprobs)) < 1e-3  # fp32, different kernels
+
+
+def test_critics_score_on_the_gpu(tiny_model_dir, tmp_path):
+    """The reward model on CUDA agrees with itself on CPU; the judge's CUDA engine returns parseable scores."""
+    import torch
+
+    from ponder.actors.critic import JudgeWorker, RewardModelWorker
+    from ponder.data.tiny_model import build_tiny_reward_model
+    from ponder.platform.config import RolloutConfig
+    from ponder.types import CriticRequest
+
+    rm_dir = str(build_tiny_reward_model(tiny_model_dir, tmp_path / "rm"))
+    on_gpu = RewardModelWorker({"path": rm_dir, "num_gpus": 1.0}, tiny_model_dir)
+    on_cpu = RewardModelWorker({"path": rm_dir}, tiny_model_dir)
+    assert on_gpu.model.device.type == "cuda"
+    requests = [CriticRequest("1+1\n<think>\n", text, on_cpu.tokenizer(text, add_special_tokens=False)["input_ids"])
+                for text in ("1+1=2\n</think>\n\\boxed{2}", "no idea")]
+    gpu_values = [s.value for s in on_gpu.score(requests)]
+    assert gpu_values == pytest.approx([s.value for s in on_cpu.score(requests)], abs=1e-3)
+    del on_gpu
+    torch.cuda.empty_cache()
+    judge = JudgeWorker({"path": tiny_model_dir, "max_tokens": 24, "constrained": True, "num_gpus": 1.0},
+                        tiny_model_dir, RolloutConfig(num_gpus=1.0, gpu_memory_utilization=0.2, max_model_len=512))
+    try:
+        assert all(s.value is not None for s in judge.score(requests))
+    finally:
+        judge.close()

@@ -72,3 +72,12 @@ def test_prompt_stream_is_seeded_and_covers_an_epoch():
     assert sorted(p.prompt for p in first) == sorted(p.prompt for p in problems)
     reqs = make_requests(problems[:3], "think", seed=0, step=1, first_group=30)
     assert [r.group_id for r in reqs] == [30, 31, 32] and len({r.seed for r in reqs}) == 3
+
+
+def test_prompt_stream_resumes_at_a_position_with_the_same_order():
+    problems = load_problems("embedded:arithmetic", "train", TASK)[:11]  # 2 batches of 5 per epoch, one left over
+    walked = PromptStream(problems, 5, seed=3)
+    order = [walked.next() for _ in range(7)]  # three epochs and a bit
+    resumed = PromptStream(problems, 5, seed=3, position=4)
+    assert [resumed.next() for _ in range(3)] == order[4:]
+    assert order[0] != order[2]  # each epoch its own shuffle

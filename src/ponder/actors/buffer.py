@@ -35,6 +35,20 @@ class Ledger:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
 
+    @classmethod
+    def of(cls, metrics: dict[str, float]) -> "Ledger":
+        """The ledger whose `as_metrics()` gave `metrics` (a resumed run's counts so far).
+
+        >>> Ledger.of({"samples/generated": 16.0, "samples/trained": 8.0, "groups/dropped": 1.0}).as_metrics()["samples/buffered"]
+        8.0
+        """
+        ledger = cls()
+        for key, value in metrics.items():
+            name = "groups_dropped" if key == "groups/dropped" else key.split("/", 1)[1]
+            if name in ("generated", "trained", "groups_dropped") or name.startswith("dropped_"):
+                ledger.counts[name] = value
+        return ledger
+
     def generated(self, samples: int) -> None:
         self.counts["generated"] += samples
 

@@ -10,6 +10,7 @@ class: Ray is applied in `platform/cluster.py`.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from typing import Any, Optional
 
@@ -90,7 +91,8 @@ class RewardWorker:
         return [RewardSpec(traj.problem.reward, 1.0)] if traj.problem.reward else list(self.cfg.functions)
 
     def pids(self) -> list[int]:
-        return self.pool.pids()
+        """This actor's process and its verifier processes (fault tests kill them; the driver pings it)."""
+        return [os.getpid(), *self.pool.pids()]
 
     def close(self) -> None:
         self.pool.close()

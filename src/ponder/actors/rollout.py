@@ -130,6 +130,13 @@ class RolloutWorker:
         self._wait(done)
         return [t for req in requests for t in groups[req.group_id]]
 
+    def generate_batch(self, requests: list[RolloutRequest], sampling: Sampling, min_version: int = 0
+                       ) -> tuple[list[Trajectory], int]:
+        """`generate` and the number of tokens it produced: the small second result is what the driver waits on
+        (platform/recovery.py), so that it notices a dead engine without pulling the trajectories."""
+        trajectories = self.generate(requests, sampling, min_version)
+        return trajectories, sum(len(t.response_ids) for t in trajectories)
+
     def stream(self, requests: list[RolloutRequest], sampling: Sampling, min_version: int, rewards: list,
                buffer) -> None:
         """Generate in the background. Each finished group goes to a reward actor (round-robin by group id) and then,

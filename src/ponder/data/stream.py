@@ -17,27 +17,29 @@ def make_requests(problems: list[Problem], template: str, seed: int, step: int, 
 
 
 class PromptStream:
-    """`next()` gives the next `batch_size` problems; each epoch is a fresh shuffle from (seed, epoch)."""
+    """Batches of `batch_size` problems; each epoch is a fresh shuffle from (seed, epoch) and yields
+    len(problems) // batch_size whole batches. `batch(i)` is a pure function of i, so the data position of a run is
+    one integer (what a checkpoint stores); `next()` walks the batches in order from `position`."""
 
-    def __init__(self, problems: list[Problem], batch_size: int, seed: int):
+    def __init__(self, problems: list[Problem], batch_size: int, seed: int, position: int = 0):
         if batch_size > len(problems):
             raise ValueError(f"batch of {batch_size} prompts asked from a dataset of {len(problems)}")
         self.problems, self.batch_size, self.seed = problems, batch_size, seed
-        self.epoch, self.position = 0, 0
-        self._order = self._shuffled(0)
+        self.per_epoch = len(problems) // batch_size
+        self.position = position  # index of the batch `next()` gives
+        self._epoch, self._order = -1, []
 
-    def _shuffled(self, epoch: int) -> list[int]:
-        order = list(range(len(self.problems)))
-        random.Random(derive_seed(self.seed, epoch)).shuffle(order)
-        return order
+    def batch(self, index: int) -> list[Problem]:
+        epoch, within = divmod(index, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, list(range(len(self.problems)))
+            random.Random(derive_seed(self.seed, epoch)).shuffle(self._order)
+        start = within * self.batch_size
+        return [self.problems[i] for i in self._order[start : start + self.batch_size]]
 
     def next(self) -> list[Problem]:
-        if self.position + self.batch_size > len(self._order):
-            self.epoch, self.position = self.epoch + 1, 0
-            self._order = self._shuffled(self.epoch)
-        batch = self._order[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
-        return [self.problems[i] for i in batch]
+        self.position += 1
+        return self.batch(self.position - 1)
 
 
 def split_even(items: list, parts: int) -> list[list]:

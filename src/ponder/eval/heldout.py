@@ -12,16 +12,16 @@ import ray
 from ponder.actors.rollout import Sampling
 from ponder.data.stream import make_requests
 from ponder.eval.metrics import majority_correct, pass_at_k
-from ponder.platform.cluster import generate_on, score_on
+from ponder.platform.recovery import Rewards, Rollouts
 from ponder.rewards.extract import last_boxed
 from ponder.types import Problem, Trajectory
 
 
-def rollout_and_score(rollouts: list, rewards: list, problems: list[Problem], template: str, sampling: Sampling,
+def rollout_and_score(rollouts: Rollouts, rewards: Rewards, problems: list[Problem], template: str, sampling: Sampling,
                       seed: int, min_version: int = 0) -> list[Trajectory]:
     """Generate and score `problems` once every engine serves weights of at least `min_version`."""
     requests = make_requests(problems, template, seed, step=-1)
-    scored, _ = score_on(rewards, generate_on(rollouts, requests, sampling, min_version))
+    scored, _ = rewards.score(rollouts.generate(requests, sampling, min_version)[0])
     return [t for batch in ray.get(scored) for t in batch]
 
 

@@ -7,13 +7,15 @@ from ponder.data.datasets import load_problems
 from ponder.eval.heldout import heldout_metrics, rollout_and_score
 from ponder.platform.cluster import Cluster
 from ponder.platform.config import PonderConfig
+from ponder.platform.recovery import Rewards, Rollouts
 
 
 def evaluate_model(model_dir: str, cfg: PonderConfig) -> dict[str, float]:
     problems = load_problems(cfg.data.eval, "eval", cfg.data.task)[: cfg.eval.prompts]
     max_tokens = cfg.rollout.max_tokens
     with Cluster(cfg) as cluster:
-        rollouts, rewards = cluster.rollout_pool(model_dir), cluster.reward_pool()
+        rollouts = Rollouts(cluster.rollout_pool(model_dir), cfg.ft.max_actor_restarts)
+        rewards = Rewards(cluster.reward_pool(), cfg.ft.max_actor_restarts)
         greedy = rollout_and_score(rollouts, rewards, problems, cfg.data.template, Sampling(1, 0.0, 1.0, max_tokens),
                                    cfg.seed)
         metrics = heldout_metrics(greedy, prefix="greedy")

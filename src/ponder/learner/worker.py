@@ -9,9 +9,12 @@ publishes the full weights through `transport.weights` after each step. A plain 
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import torch
@@ -20,10 +23,12 @@ from ponder.learner.advantages import grpo_advantages, process_advantages
 from ponder.learner.batching import Packed, chunks, pack, shard_groups
 from ponder.learner.losses import (behaviour_correction, clipped_surrogate, entropy, kl_penalty, masked_sum,
                                   token_logprobs)
+from ponder.platform.checkpoints import CheckpointTarget
 from ponder.platform.config import AlgoConfig, LearnerConfig, parse_cores
 from ponder.transport.weights import ShmWeightSender
 from ponder.types import Trajectory, WeightsVersion
 
+DRIVER_STATE = "driver.json"  # inside a checkpoint: step, data position, accounting, metrics so far, run id, config
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -66,6 +71,8 @@ class LearnerWorker:
             self.reference.requires_grad_(False)
             self.reference.to(self.engine.device)
         self.sender = ShmWeightSender(weights_dir) if rank == 0 else None
+        # checkpoint staging, shared by this group's ranks on this node (the master port names the group)
+        self.scratch = Path(tempfile.gettempdir()) / f"ponder-learner-{master_port}"
 
     # -- training ---------------------------------------------------------------------------------------------------
     def train(self, *batches: list[Trajectory]) -> dict[str, float]:
@@ -189,9 +196,53 @@ class LearnerWorker:
         self.tokenizer.save_pretrained(out_dir)
         return out_dir
 
+    # -- checkpoints --------------------------------------------------------------------------------------------------
+    def save_checkpoint(self, target: CheckpointTarget, step: int, driver_state: dict, export_hf: bool) -> str | None:
+        """Collective. Every rank writes its DeepSpeed state (ZeRO shards of model, optimizer and scheduler) and its
+        RNG state into one staging directory on this node; rank 0 adds the Hugging Face export and the driver's state,
+        then uploads it all (data first, manifest last). Returns the checkpoint's URI on rank 0, None elsewhere.
+        Ranks share a node's disk here, as they share its rendezvous address (multi-node learners are not placed)."""
+        import torch.distributed as dist
+
+        staging = self.scratch / f"save-{step:08d}"
+        self.engine.save_checkpoint(str(staging / "deepspeed"), tag="state", save_latest=False)
+        (staging / "rng").mkdir(parents=True, exist_ok=True)
+        torch.save(torch.get_rng_state(), staging / "rng" / f"rank_{self.rank}.pt")
+        state = self.full_state_dict() if export_hf else None  # collective under ZeRO-3
+        dist.barrier()
+        if self.rank != 0:
+            return None
+        try:
+            if state is not None:
+                self.engine.module.save_pretrained(staging / "hf", state_dict=state)
+                self.tokenizer.save_pretrained(staging / "hf")
+            (staging / DRIVER_STATE).write_text(json.dumps(driver_state))
+            meta = {key: driver_state[key] for key in ("run_id", "step", "last_step")}
+            name = target.store().save(step, staging, meta)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target.uri(name)
+
+    def load_checkpoint(self, target: CheckpointTarget, name: str) -> dict:
+        """Collective. Each rank downloads and verifies the checkpoint, restores its DeepSpeed state and RNG; returns
+        the driver's state saved with it."""
+        local = self.scratch / f"load-{self.rank}"
+        shutil.rmtree(local, ignore_errors=True)
+        try:
+            target.store().load(name, local)
+            self.engine.load_checkpoint(str(local / "deepspeed"), tag="state")
+            torch.set_rng_state(torch.load(local / "rng" / f"rank_{self.rank}.pt"))
+            return json.loads((local / DRIVER_STATE).read_text())
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+
+    def pid(self) -> int:
+        return os.getpid()
+
     def close(self) -> None:
         if self.sender is not None:
             self.sender.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def rollout_stats(trajectories: list[Trajectory]) -> dict[str, float]:

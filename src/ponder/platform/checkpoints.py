@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ponder.platform.storage import Storage
+from ponder.platform.storage import Storage, open_storage
 from ponder.transport.weights import file_sha256
 
 MANIFEST = "MANIFEST.json"
@@ -38,6 +39,40 @@ def checkpoint_name(step: int) -> str:
     'step_00000042'
     """
     return f"step_{step:08d}"
+
+
+@dataclass(frozen=True)
+class CheckpointTarget:
+    """Where a run's checkpoints live, small enough to hand to any actor: the learner uploads, the driver reads."""
+
+    url: str  # the checkpoint root: a local directory or s3://bucket/prefix
+    endpoint_url: Optional[str] = None
+    keep_last: int = 2
+
+    def store(self) -> "CheckpointStore":
+        return CheckpointStore(open_storage(self.url, self.endpoint_url), self.keep_last)
+
+    def uri(self, name: str) -> str:
+        return f"{self.url.rstrip('/')}/{name}"
+
+
+def locate(spec: str, endpoint_url: Optional[str] = None, keep_last: int = 2) -> tuple[CheckpointTarget, str]:
+    """A checkpoint root (its latest complete checkpoint) or one checkpoint (`.../step_00000010`), local or s3://.
+
+    Raises CheckpointError if there is no complete checkpoint there."""
+    root, _, last = spec.rstrip("/").rpartition("/")
+    if _NAME.match(last):
+        target = CheckpointTarget(root or ".", endpoint_url, keep_last)
+        if last not in target.store().complete():
+            raise CheckpointError(f"{spec} is not a complete checkpoint (no {MANIFEST}); complete ones under "
+                                  f"{target.url}: {target.store().complete() or 'none'}")
+        return target, last
+    target = CheckpointTarget(spec.rstrip("/"), endpoint_url, keep_last)
+    name = target.store().latest()
+    if name is None:
+        raise CheckpointError(f"no complete checkpoint under {spec}; give a checkpoint root (the checkpoint.dir of a "
+                              "run), one checkpoint (…/step_00000010), an MLflow run id, or `auto`")
+    return target, name
 
 
 class CheckpointStore:
@@ -92,6 +127,12 @@ class CheckpointStore:
                                       f"{digest[:12]}…, the manifest says {expected['bytes']} bytes, "
                                       f"{expected['sha256'][:12]}…")
         return manifest
+
+    def clear(self) -> None:
+        """Remove every checkpoint under the root (complete or not) and the `latest` pointer."""
+        for name in {key.split("/")[0] for key in self.storage.list("") if _NAME.match(key.split("/")[0])}:
+            self.storage.delete_prefix(f"{name}/")
+        self.storage.put_text(LATEST, "")
 
     def _retain(self, newest: str) -> None:
         complete = self.complete()

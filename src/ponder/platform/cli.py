@@ -13,8 +13,10 @@ from pathlib import Path
 from ponder.platform.config import ConfigError, PonderConfig, load_config, to_yaml
 
 EXAMPLES = {
-    "train": "ponder train configs/default.yaml trainer.steps=20 rollout.samples_per_prompt=8",
-    "eval": "ponder eval outputs/run/final_model configs/default.yaml eval.k=8",
+    "train": "ponder train configs/default.yaml trainer.steps=20 rollout.samples_per_prompt=8\n"
+             "  ponder train configs/default.yaml checkpoint.dir=s3://bucket/runs/demo --resume auto",
+    "eval": "ponder eval outputs/run/final_model configs/default.yaml eval.k=8\n"
+            "  ponder eval --run 5b22bab9e3f54c0c8d6f1a2b3c4d5e6f configs/default.yaml",
     "sft": "ponder sft configs/default.yaml sft.steps=200",
     "init-model": "ponder init-model configs/default.yaml tiny_model.num_layers=2",
     "submit": "ponder submit --address http://127.0.0.1:8265 configs/default.yaml trainer.steps=50 --follow",
@@ -57,14 +59,56 @@ def preflight(cfg: PonderConfig, model_path: str) -> None:
     load_problems(cfg.data.eval, "eval", cfg.data.task)
 
 
+def resolve_resume(cfg: PonderConfig, spec: str | None):
+    """`--resume` → (checkpoint target, checkpoint to start from or None, MLflow run id to continue or None).
+    Runs before Ray starts: a wrong path or run id fails here."""
+    from ponder.platform.checkpoints import CheckpointError, CheckpointTarget, locate
+
+    c = cfg.checkpoint
+    target = CheckpointTarget(c.dir or f"{cfg.trainer.output_dir}/checkpoints", c.endpoint_url, c.keep_last)
+    try:
+        if spec is None or spec == "auto":
+            store = target.store()
+            name = store.latest()
+            if name is None:
+                if spec == "auto":
+                    print(f"note: no checkpoint under {target.url} yet; starting a new run")
+                return target, None, None
+            meta = store.manifest(name)["meta"]
+            if spec is None:
+                if meta["step"] < meta["last_step"]:
+                    raise UsageError(
+                        f"{target.url} holds checkpoints of an unfinished run ({meta['run_id']}, at step "
+                        f"{meta['step']} of {meta['last_step']}); continue it with --resume auto, or choose another "
+                        "checkpoint.dir / trainer.output_dir")
+                print(f"note: replacing the finished run {meta['run_id']}'s checkpoints under {target.url}")
+                store.clear()
+                return target, None, None
+        else:
+            uri = spec
+            if not (spec.startswith("s3://") or Path(spec).exists()):
+                from ponder.platform.tracking import checkpoint_of_run
+
+                uri = checkpoint_of_run(cfg.tracking, spec)  # LookupError: neither a path nor a known run id
+            target, name = locate(uri, c.endpoint_url, c.keep_last)
+            meta = target.store().manifest(name)["meta"]
+    except (CheckpointError, LookupError) as e:
+        raise UsageError(f"--resume {spec}: {e}") from None
+    print(f"resuming run {meta['run_id']} from {target.uri(name)} (step {meta['step']})")
+    return target, name, meta["run_id"]
+
+
 def cmd_train(args) -> None:
     cfg = _config(args)
     preflight(cfg, cfg.model.path)
+    target, start, run_id = resolve_resume(cfg, args.resume)
     from ponder.platform.driver import train
 
     from ponder.eval.metrics import time_to_gain
 
-    result = train(cfg)
+    result = train(cfg, target, start, run_id)
+    if result.resumed_from:
+        print(f"resumed from: {', '.join(result.resumed_from)}")
     first, last = result.evals[min(result.evals)], result.evals[max(result.evals)]
     print(f"\nheld-out accuracy: {first['eval/accuracy']:.3f} (start) -> {last['eval/accuracy']:.3f} "
           f"(step {max(result.evals)})")
@@ -81,14 +125,34 @@ def cmd_train(args) -> None:
           f"dropped: {dropped or 'none'}")
     outputs = [f"{result.output_dir}/final_model"] if cfg.trainer.save_final_model else []
     print(f"outputs: {', '.join(outputs + [f'{result.output_dir}/curves.png'])}")
+    if result.checkpoint:
+        print(f"last checkpoint: {result.checkpoint}")
+    if result.registered:
+        print(f"registered model: {result.registered} (`ponder eval --run {result.run_id}`)")
 
 
 def cmd_eval(args) -> None:
+    if args.model_dir and "=" in args.model_dir or args.model_dir and args.model_dir.endswith((".yaml", ".yml")):
+        args.items.insert(0, args.model_dir)  # `ponder eval --run ID configs/x.yaml`: the first item is a config
+        args.model_dir = None
+    if (args.model_dir is None) == (args.run is None):
+        raise UsageError("give a model directory or --run RUN_ID (one of them)")
     cfg = _config(args)
-    preflight(cfg, args.model_dir)
+    model_dir = args.model_dir
+    if args.run:
+        import tempfile
+
+        from ponder.platform.tracking import download_model_of_run
+
+        try:
+            model_dir = download_model_of_run(cfg.tracking, args.run, tempfile.mkdtemp(prefix="ponder-eval-"))
+        except LookupError as e:
+            raise UsageError(str(e)) from None
+        print(f"model of run {args.run}: {model_dir}")
+    preflight(cfg, model_dir)
     from ponder.eval.run import evaluate_model
 
-    metrics = evaluate_model(args.model_dir, cfg)
+    metrics = evaluate_model(model_dir, cfg)
     width = max(map(len, metrics))
     for k, v in metrics.items():
         print(f"{k:<{width}}  {v:.4f}")
@@ -133,13 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     items_help = "YAML config files and key=value overrides, applied in order over the schema defaults"
-    add("train", cmd_train, "Train a policy with GRPO on Ray (vLLM rollouts, DeepSpeed learner); "
-        "pipeline.mode=sync|one_step_off|async chooses how generation and training overlap "
-        "(configs/async.yaml: the demo streaming).") \
-        .add_argument("items", nargs="*", help=items_help)
-    p = add("eval", cmd_eval, "Held-out accuracy of a saved model: greedy pass@1, sampled pass@k and maj@k.")
-    p.add_argument("model_dir", help="a Hugging Face-format model directory")
+    p = add("train", cmd_train, "Train a policy with GRPO on Ray (vLLM rollouts, DeepSpeed learner); "
+            "pipeline.mode=sync|one_step_off|async chooses how generation and training overlap "
+            "(configs/async.yaml: the demo streaming). Checkpoints go to checkpoint.dir (local or s3://).")
     p.add_argument("items", nargs="*", help=items_help)
+    p.add_argument("--resume", metavar="auto|PATH|s3://...|RUN_ID", default=None,
+                   help="continue a run from a checkpoint, in the same MLflow run at the next step: `auto` = the "
+                        "latest under checkpoint.dir (a new run if there is none), a checkpoint root or one "
+                        "checkpoint (.../step_00000020), or an MLflow run id")
+    p = add("eval", cmd_eval, "Held-out accuracy of a saved model: greedy pass@1, sampled pass@k and maj@k.")
+    p.add_argument("model_dir", nargs="?", default=None, help="a Hugging Face-format model directory")
+    p.add_argument("items", nargs="*", help=items_help)
+    p.add_argument("--run", metavar="RUN_ID", default=None,
+                   help="evaluate the model registered by this MLflow run (found through tracking.uri)")
     add("sft", cmd_sft, "Warm-start the tiny model on worked solutions (cached).") \
         .add_argument("items", nargs="*", help=items_help)
     add("init-model", cmd_init_model, "Build the tiny Qwen2 model and tokenizer offline (cached).") \
@@ -170,9 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nponder {args.command}: interrupted; actors stopped", file=sys.stderr)
         return 130
     except Exception as e:
-        from ponder.platform.pipeline import PipelineError  # only reachable once Ray is imported anyway
+        # only reachable once Ray is imported anyway
+        from ponder.platform.driver import TrainingStopped
+        from ponder.platform.pipeline import PipelineError
+        from ponder.platform.recovery import ActorFailed
 
-        if isinstance(e, PipelineError):
+        if isinstance(e, (PipelineError, TrainingStopped, ActorFailed)):
             print(f"ponder {args.command}: error: {e}", file=sys.stderr)
             return 1
         if not type(e).__module__.startswith("ray."):

@@ -3,7 +3,8 @@
 Rollout, reward and learner pools are sized independently from their own sub-configs, and the driver code does not
 change with their sizes. On a 2-core machine actors take fractional `num_cpus`. Rollout actors and the trajectory
 buffer are threaded actors: a rollout actor's engine thread keeps decoding while its other threads take weights and
-new prompts; the buffer answers `put` while a `take` waits.
+new prompts; the buffer answers `put` while a `take` waits. Rollout and reward actors are restarted by Ray after a
+death (`ft.max_actor_restarts`; platform/recovery.py re-issues their work); learner ranks and the buffer are not.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from ponder.actors.buffer import TrajectoryBuffer
 from ponder.actors.critic import JudgeWorker, RewardModelWorker
 from ponder.actors.reward import RewardWorker
 from ponder.actors.rollout import RolloutWorker
-from ponder.data.stream import split_even
 from ponder.learner.worker import LearnerWorker
 from ponder.platform.config import PonderConfig
 from ponder.rewards.critic import KINDS, with_defaults
@@ -39,7 +39,8 @@ class Cluster:
 
     def rollout_pool(self, model_path: str) -> list:
         c = self.cfg.rollout
-        cls = ray.remote(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_concurrency=8)(RolloutWorker)
+        cls = ray.remote(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_concurrency=8,
+                         max_restarts=self.cfg.ft.max_actor_restarts)(RolloutWorker)
         if c.cpu_bind is not None:  # vLLM's CPU backend pins its OpenMP threads to these cores
             cls = cls.options(runtime_env={"env_vars": {**ACTOR_ENV, "VLLM_CPU_OMP_THREADS_BIND": c.cpu_bind}})
         return self._track([cls.remote(model_path, self.cfg.model.dtype, c, self.cfg.seed + i)
@@ -48,7 +49,7 @@ class Cluster:
     def reward_pool(self) -> list:
         c = self.cfg.reward
         critics = self.critics()
-        cls = ray.remote(num_cpus=c.num_cpus)(RewardWorker)
+        cls = ray.remote(num_cpus=c.num_cpus, max_restarts=self.cfg.ft.max_actor_restarts)(RewardWorker)
         return self._track([cls.remote(c, critics) for _ in range(c.num_workers)])
 
     def critics(self) -> dict:
@@ -104,19 +105,6 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
-
-
-def generate_on(rollouts: list, requests: list, sampling, min_version: int = 0) -> list:
-    """Fan requests out over the rollout pool in even, consecutive shards: one trajectory-list ref per engine.
-    Each engine starts them once it serves weights of at least `min_version`."""
-    return [w.generate.remote(shard, sampling, min_version)
-            for w, shard in zip(rollouts, split_even(requests, len(rollouts)))]
-
-
-def score_on(rewards: list, generated: list) -> tuple[list, list]:
-    """Score each generated batch on the reward pool, round-robin: (scored trajectory refs, reward-count refs)."""
-    pairs = [rewards[i % len(rewards)].score.options(num_returns=2).remote(ref) for i, ref in enumerate(generated)]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def _free_port() -> int:

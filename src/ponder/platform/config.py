@@ -181,6 +181,28 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    """Training checkpoints: DeepSpeed state, data position, RNG, step and policy version, saved atomically to a local
+    directory or `s3://bucket/prefix` (platform/checkpoints.py). `ponder train --resume auto` continues from the latest."""
+
+    dir: Optional[str] = None  # local path or s3://bucket/prefix; None = <trainer.output_dir>/checkpoints
+    every: int = 20  # save every N steps (and at the last step); 0 = never
+    keep_last: int = 2  # complete checkpoints kept; older ones are deleted once a newer one is complete
+    endpoint_url: Optional[str] = None  # S3-compatible endpoint (MinIO, on-prem); None = AWS_ENDPOINT_URL or AWS
+    export_hf: bool = True  # also save the policy in Hugging Face format inside each checkpoint (for serving)
+
+
+@dataclass(frozen=True)
+class FaultToleranceConfig:
+    """What happens when an actor dies. Rollout and reward actors are restarted by Ray and their work re-issued; a
+    learner that dies stops the run with the last complete checkpoint named, or with `auto_resume` restarts from it."""
+
+    max_actor_restarts: int = 3  # restarts per rollout / reward actor before the run fails
+    auto_resume: bool = False  # learner died: restart every actor from the last complete checkpoint
+    max_auto_resumes: int = 2  # auto_resume: at most this many restarts in one run
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """`ponder eval`: greedy pass@1, sampled pass@k and maj@k on the held-out split."""
 
@@ -197,6 +219,7 @@ class TrackingConfig:
     artifact_location: str = "mlruns/artifacts"
     experiment: str = "ponder"
     run_name: Optional[str] = None
+    registered_model: Optional[str] = "ponder-policy"  # the final model becomes a version of it; null = not registered
 
 
 @dataclass(frozen=True)
@@ -225,6 +248,8 @@ class PonderConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    ft: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
@@ -326,6 +351,14 @@ def validate(cfg: PonderConfig) -> None:
          "that kills it; raise reward.timeout_s"),
         (cfg.data.template in ("think", "none"), "data.template must be 'think' or 'none'"),
         (cfg.eval.k >= 1, "eval.k must be >= 1"),
+        (cfg.checkpoint.every >= 0, "checkpoint.every must be >= 0 (0 = no checkpoints)"),
+        (cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
+        (cfg.checkpoint.dir is None or "://" not in cfg.checkpoint.dir or cfg.checkpoint.dir.startswith("s3://"),
+         f"checkpoint.dir must be a local path or s3://bucket/prefix, got {cfg.checkpoint.dir!r}"),
+        (cfg.ft.max_actor_restarts >= 0 and cfg.ft.max_auto_resumes >= 0,
+         "ft.max_actor_restarts and ft.max_auto_resumes must be >= 0"),
+        (not cfg.ft.auto_resume or cfg.checkpoint.every > 0,
+         "ft.auto_resume restarts from the last checkpoint: set checkpoint.every > 0"),
         (r.weight_sync in ("shm", "nccl"), f"rollout.weight_sync must be 'shm' or 'nccl', got {r.weight_sync!r}"),
         (r.weight_sync != "nccl" or (r.num_gpus > 0 and lr.num_gpus > 0 and lr.zero_stage < 3),
          "rollout.weight_sync=nccl needs GPUs on both sides (rollout.num_gpus, learner.num_gpus > 0) and "

@@ -1,9 +1,15 @@
-"""The RL loop: generate → score → train → push weights → log, synchronous or streaming.
+"""The RL loop: generate → score → train → push weights → log → checkpoint, synchronous or streaming.
 
 `sync` runs the stages one after another (`grpo_step`). `one_step_off` and `async` let the rollout actors generate
 continuously into the trajectory buffer while the learner trains (`streaming_step`; platform/pipeline.py keeps the
 engines fed). Either way trajectories travel as ObjectRefs from rollout actors to reward actors to learner ranks; the
 driver holds refs and pulls only metrics (and, every `log_samples_every` steps, a handful of samples to log).
+
+Every `checkpoint.every` steps the learner saves a checkpoint (platform/checkpoints.py) holding the DeepSpeed state
+and this loop's own state (`DriverState`: step, data position, sample accounting, metrics so far, run id). A resumed
+run loads it, pushes the restored weights to the engines and goes on at the next step in the same MLflow run. A
+rollout or reward actor that dies is restarted and its work re-issued (platform/recovery.py); a learner that dies
+ends the attempt, and with `ft.auto_resume` the run starts again from its last complete checkpoint.
 Nothing imports this module except the CLI.
 """
 
@@ -13,9 +19,9 @@ import json
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import ray
 from tqdm import tqdm
@@ -25,11 +31,38 @@ from ponder.actors.rollout import Sampling
 from ponder.data.datasets import load_problems
 from ponder.data.stream import PromptStream, make_requests
 from ponder.eval.heldout import heldout_metrics, rollout_and_score
-from ponder.platform.cluster import Cluster, generate_on, score_on
+from ponder.platform.checkpoints import CheckpointTarget
+from ponder.platform.cluster import Cluster
 from ponder.platform.config import PonderConfig, flatten, to_yaml
+from ponder.platform.lineage import lineage_tags
 from ponder.platform.pipeline import Schedule, StreamingRollouts
 from ponder.platform.plots import plot_curves
-from ponder.platform.tracking import Tracker
+from ponder.platform.recovery import LearnerLost, Rewards, Rollouts, on_learners
+from ponder.platform.tracking import CHECKPOINT_DIR_TAG, FINAL_MODEL, LATEST_CHECKPOINT_TAG, Tracker
+
+
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (its learner died); the message names the checkpoint to resume from."""
+
+
+@dataclass
+class DriverState:
+    """The loop's own state, saved in every checkpoint beside the learner's."""
+
+    run_id: str
+    last_step: int  # trainer.steps: the run is finished once `step` reaches it
+    step: int = 0  # the last completed step (= the policy version the learner holds)
+    batches_drawn: int = 0  # prompt batches taken from the stream (the data position)
+    accounting: dict[str, float] = field(default_factory=dict)  # sample counts up to `step`
+    history: list[dict[str, float]] = field(default_factory=list)
+    evals: dict[int, dict[str, float]] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)  # actor restarts so far, by pool
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DriverState":
+        state = cls(**data)
+        state.evals = {int(k): v for k, v in state.evals.items()}
+        return state
 
 
 @dataclass
@@ -39,96 +72,178 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     evals: dict[int, dict[str, float]] = field(default_factory=dict)
     accounting: dict[str, float] = field(default_factory=dict)  # samples generated / trained / dropped per reason
+    checkpoint: Optional[str] = None  # URI of the last checkpoint written
+    registered: Optional[str] = None  # "name/version" of the registered final model
+    resumed_from: list[str] = field(default_factory=list)  # checkpoints this run went on from
 
 
-def train(cfg: PonderConfig) -> TrainResult:
-    t, out = cfg.trainer, Path(cfg.trainer.output_dir)
+def train(cfg: PonderConfig, target: CheckpointTarget, start: Optional[str] = None,
+          run_id: Optional[str] = None) -> TrainResult:
+    """Train, writing checkpoints to `target`; with `start` (a checkpoint name there) go on from it in run `run_id`."""
     train_set = load_problems(cfg.data.train, "train", cfg.data.task)
-    eval_set = load_problems(cfg.data.eval, "eval", cfg.data.task)[: t.eval_prompts]
-    stream = PromptStream(train_set, t.prompts_per_step, cfg.seed)
-    r = cfg.rollout
-    sampling = Sampling(r.samples_per_prompt, r.temperature, r.top_p, r.max_tokens)
-    greedy = Sampling(1, 0.0, 1.0, r.max_tokens)
-    tracker = Tracker(cfg.tracking, flatten(cfg), to_yaml(cfg))
-    result = TrainResult(tracker.run_id, str(out))
-    weights_dir = Path(cfg.cluster.shm_dir) / f"ponder-{tracker.run_id}"
+    eval_set = load_problems(cfg.data.eval, "eval", cfg.data.task)[: cfg.trainer.eval_prompts]
+    tracker = Tracker(cfg.tracking, flatten(cfg), to_yaml(cfg), run_id=run_id)
+    tracker.set_tags({CHECKPOINT_DIR_TAG: target.url, **lineage_tags(cfg, train_set, eval_set)})
+    result = TrainResult(tracker.run_id, cfg.trainer.output_dir)
     status = "FAILED"
-
-    def prompt_batch(index: int) -> list:  # the index-th batch of the run (= its step in sync mode)
-        return make_requests(stream.next(), cfg.data.template, cfg.seed, index, first_group=index * t.prompts_per_step)
-
     try:
-        with Cluster(cfg) as cluster:
-            rollouts = cluster.rollout_pool(cfg.model.path)
-            rewards = cluster.reward_pool()
-            learners = cluster.learner_group(cfg.model.path, str(weights_dir))
-            cluster.connect_weight_sync(learners, rollouts)
-            run_step, accounting = stepper(cfg, cluster, rollouts, rewards, learners, prompt_batch, sampling)
-
-            def evaluate(step: int) -> None:  # waits for every engine to serve the weights of `step`
-                scored = rollout_and_score(rollouts, rewards, eval_set, cfg.data.template, greedy, cfg.seed, step)
-                # wall-clock of training so far, evaluation excluded: what "time to +N points" is measured in
-                elapsed = sum(h["time/step"] for h in result.history)  # up to and including `step`
-                result.evals[step] = {**heldout_metrics(scored), "time/train_elapsed_s": elapsed}
-                tracker.log_metrics(result.evals[step], step)
-
-            evaluate(0)
-            bar = tqdm(range(1, t.steps + 1), desc=f"grpo {cfg.pipeline.mode}", unit="step", dynamic_ncols=True)
-            for step in bar:
-                metrics, scored = run_step(step)
-                tracker.log_metrics(metrics, step)
-                result.history.append({"step": step, **metrics})
-                if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
-                    evaluate(step)
-                if t.log_samples_every and step % t.log_samples_every == 0:
-                    tracker.log_text(samples_jsonl(ray.get(scored[0])[:8]), f"samples/step_{step:06d}.jsonl")
-                bar.set_postfix(progress_line(metrics, result.evals), refresh=False)
-            result.accounting = accounting()
-            tracker.log_metrics({f"final/{k}": v for k, v in result.accounting.items()}, t.steps)
-            if t.save_final_model:
-                final = ray.get([rank.save_hf.remote(str(out / "final_model")) for rank in learners])[0]
-                tracker.log_artifact(final, "final_model")
-        tracker.log_artifact(plot_curves(result.history, result.evals, out / "curves.png"))
+        for attempt in range(cfg.ft.max_auto_resumes + 1):
+            if start is not None:
+                result.resumed_from.append(target.uri(start))
+            try:
+                run_attempt(cfg, tracker, target, start, train_set, eval_set, result)
+                break
+            except LearnerLost as lost:
+                start = target.store().latest()
+                where = target.uri(start) if start else "none (no checkpoint was completed)"
+                if not (cfg.ft.auto_resume and start and attempt < cfg.ft.max_auto_resumes):
+                    raise TrainingStopped(
+                        f"{lost}\nThe run stopped. Last complete checkpoint: {where}. Continue with `ponder train "
+                        f"<same config> --resume auto` (or --resume {tracker.run_id})"
+                        + (" or set ft.auto_resume=true" if not cfg.ft.auto_resume else "")) from lost
+                tqdm.write(f"learner died; auto-resuming from {where} ({attempt + 1}/{cfg.ft.max_auto_resumes})")
         status = "FINISHED"
         return result
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        shutil.rmtree(weights_dir, ignore_errors=True)  # also when a killed learner could not clean up itself
         tracker.finish(status)
 
 
-def stepper(cfg: PonderConfig, cluster: Cluster, rollouts: list, rewards: list, learners: list,
-            prompt_batch: Callable[[int], list], sampling: Sampling) -> tuple[Callable, Callable[[], dict]]:
-    """The configured mode's step function (step -> (metrics, scored refs)) and its final sample accounting."""
-    if cfg.pipeline.mode == "sync":
-        ledger = Ledger()
-        return (lambda step: grpo_step(rollouts, rewards, learners, prompt_batch(step), sampling, step, ledger),
-                ledger.as_metrics)
-    schedule = Schedule.of(cfg.pipeline)
-    buffer = cluster.buffer(schedule.max_staleness, cfg.pipeline.dynamic_sampling)
-    pipeline = StreamingRollouts(schedule, prompt_batch, rollouts, rewards, buffer, sampling,
-                                 cfg.trainer.prompts_per_step)
-    return (lambda step: streaming_step(pipeline, learners, step)), pipeline.close
+def run_attempt(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, start: Optional[str],
+                train_set: list, eval_set: list, result: TrainResult) -> None:
+    """One life of the cluster: start every actor, restore `start` if given, train to the last step, finish."""
+    t, out = cfg.trainer, Path(cfg.trainer.output_dir)
+    stream = PromptStream(train_set, t.prompts_per_step, cfg.seed)
+    r = cfg.rollout
+    sampling = Sampling(r.samples_per_prompt, r.temperature, r.top_p, r.max_tokens)
+    greedy = Sampling(1, 0.0, 1.0, r.max_tokens)
+    weights_dir = Path(cfg.cluster.shm_dir) / f"ponder-{tracker.run_id}"
+
+    def prompt_batch(index: int) -> list:  # the index-th batch of the run (= its step in sync mode), from 1
+        return make_requests(stream.batch(index - 1), cfg.data.template, cfg.seed, index,
+                             first_group=index * t.prompts_per_step)
+
+    try:
+        with Cluster(cfg) as cluster:
+            rollouts = Rollouts(cluster.rollout_pool(cfg.model.path), cfg.ft.max_actor_restarts)
+            rewards = Rewards(cluster.reward_pool(), cfg.ft.max_actor_restarts)
+            learners = cluster.learner_group(cfg.model.path, str(weights_dir))
+            cluster.connect_weight_sync(learners, rollouts.actors)
+            state = DriverState(tracker.run_id, t.steps)
+            if start is not None:
+                state = DriverState.from_json(on_learners(learners, lambda rank: rank.load_checkpoint.remote(
+                    target, start))[0])
+                state.last_step = t.steps  # a resumed run may be given more steps than it was started with
+                rollouts.push(on_learners(learners, lambda rank: rank.publish_weights.remote(state.step))[0])
+            result.history, result.evals = state.history, state.evals
+            loop = Loop.of(cfg, cluster, rollouts, rewards, learners, prompt_batch, sampling, state)
+
+            def evaluate(step: int) -> None:  # waits for every engine to serve the weights of `step`
+                scored = rollout_and_score(rollouts, rewards, eval_set, cfg.data.template, greedy, cfg.seed, step)
+                # wall-clock of training so far, evaluation excluded: what "time to +N points" is measured in
+                elapsed = sum(h["time/step"] for h in state.history)  # up to and including `step`
+                state.evals[step] = {**heldout_metrics(scored), "time/train_elapsed_s": elapsed}
+                tracker.log_metrics(state.evals[step], step)
+
+            if start is None:
+                evaluate(0)
+            bar = tqdm(range(state.step + 1, t.steps + 1), desc=f"grpo {cfg.pipeline.mode}", unit="step",
+                       dynamic_ncols=True, initial=state.step, total=t.steps)
+            for step in bar:
+                metrics, scored = loop.step(step)
+                state.step = step
+                state.history.append({"step": step, **metrics})
+                tracker.log_metrics(metrics, step)
+                if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
+                    evaluate(step)
+                if t.log_samples_every and step % t.log_samples_every == 0:
+                    tracker.log_text(samples_jsonl(ray.get(scored[0])[:8]), f"samples/step_{step:06d}.jsonl")
+                if cfg.checkpoint.every and (step % cfg.checkpoint.every == 0 or step == t.steps):
+                    result.checkpoint = save_checkpoint(cfg, tracker, target, learners, loop.snapshot(state))
+                bar.set_postfix(progress_line(metrics, state.evals), refresh=False)
+            result.accounting = loop.close()
+            tracker.log_metrics({f"final/{k}": v for k, v in result.accounting.items()}, t.steps)
+            if t.save_final_model:
+                final = on_learners(learners, lambda rank: rank.save_hf.remote(str(out / FINAL_MODEL)))[0]
+                tracker.log_artifact(final, FINAL_MODEL)
+                if cfg.tracking.registered_model:
+                    result.registered = f"{cfg.tracking.registered_model}/" \
+                                        f"{tracker.register_model(cfg.tracking.registered_model)}"
+        tracker.log_artifact(plot_curves(state.history, state.evals, out / "curves.png"))
+    finally:
+        shutil.rmtree(weights_dir, ignore_errors=True)  # also when a killed learner could not clean up itself
 
 
-def grpo_step(rollouts: list, rewards: list, learners: list, requests: list, sampling: Sampling, step: int,
+def save_checkpoint(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, learners: list,
+                    state: DriverState) -> str:
+    started = time.perf_counter()
+    uri = on_learners(learners, lambda rank: rank.save_checkpoint.remote(target, state.step, asdict(state),
+                                                                         cfg.checkpoint.export_hf))[0]
+    tracker.set_tags({LATEST_CHECKPOINT_TAG: uri})
+    tracker.log_metrics({"time/checkpoint": time.perf_counter() - started}, state.step)
+    return uri
+
+
+class Loop:
+    """The configured mode's step (step -> (metrics, scored refs)), what a checkpoint saves of it, and its final
+    accounting."""
+
+    def __init__(self, step: Callable, snapshot: Callable[[DriverState], DriverState], close: Callable[[], dict]):
+        self.step, self.snapshot, self.close = step, snapshot, close
+
+    @classmethod
+    def of(cls, cfg: PonderConfig, cluster: Cluster, rollouts: Rollouts, rewards: Rewards, learners: list,
+           prompt_batch: Callable[[int], list], sampling: Sampling, state: DriverState) -> "Loop":
+        def restarts() -> dict[str, int]:  # of this run, earlier attempts included
+            return {"rollout": state.restarts.get("rollout", 0) + rollouts.fanout.restarts,
+                    "reward": state.restarts.get("reward", 0) + rewards.fanout.restarts}
+
+        def with_restarts(step: Callable) -> Callable:
+            def run(k: int):
+                metrics, scored = step(k)
+                metrics.update({f"ft/{pool}_restarts": float(n) for pool, n in restarts().items()})
+                return metrics, scored
+            return run
+
+        def snapshot(accounting: Callable[[], dict], batches: Callable[[DriverState], int]) -> Callable:
+            return lambda s: DriverState(**{**asdict(s), "accounting": accounting(), "batches_drawn": batches(s),
+                                            "restarts": restarts()})
+
+        if cfg.pipeline.mode == "sync":
+            ledger = Ledger.of(state.accounting)
+            step = with_restarts(lambda k: grpo_step(rollouts, rewards, learners, prompt_batch(k), sampling, k, ledger))
+            return cls(step, snapshot(ledger.as_metrics, lambda s: s.step), ledger.as_metrics)
+        schedule = Schedule.of(cfg.pipeline)
+        buffer = cluster.buffer(schedule.max_staleness, cfg.pipeline.dynamic_sampling)
+        pipeline = StreamingRollouts(schedule, prompt_batch, rollouts.actors, rewards.actors, buffer, sampling,
+                                     cfg.trainer.prompts_per_step, start_step=state.step + 1,
+                                     batches_drawn=state.batches_drawn)
+        # Counts of the attempts before this one (the buffer starts from zero). What was still buffered when the
+        # checkpoint was taken did not survive the restart: it counts as dropped at the end of that attempt.
+        earlier = dict(state.accounting)
+        earlier["samples/dropped_run_ended"] = earlier.get("samples/dropped_run_ended", 0.0) + \
+            earlier.pop("samples/buffered", 0.0)
+        return cls(with_restarts(lambda k: streaming_step(pipeline, learners, k)),
+                   snapshot(lambda: merge_counts([earlier, ray.get(buffer.counts.remote())]),
+                            lambda s: pipeline.batches_submitted),
+                   lambda: merge_counts([earlier, pipeline.close()]))
+
+
+def grpo_step(rollouts: Rollouts, rewards: Rewards, learners: list, requests: list, sampling: Sampling, step: int,
               ledger: Ledger) -> tuple[dict[str, float], list]:
     """generate → score → train → push, one stage at a time (each timed). Returns metrics and the scored refs."""
     timings: dict[str, float] = {}
     with timed(timings, "generate"):
-        generated = generate_on(rollouts, requests, sampling)
-        wait_all(generated)
+        generated, _ = rollouts.generate(requests, sampling)
     with timed(timings, "reward"):
-        scored, reports = score_on(rewards, generated)
-        reports = ray.get(reports)
+        scored, reports = rewards.score(generated)
         reward_metrics = merge_counts([r.counts for r in reports])
     with timed(timings, "train"):
-        metrics = ray.get([rank.train.remote(*scored) for rank in learners])[0]
+        metrics = on_learners(learners, lambda rank: rank.train.remote(*scored))[0]
     with timed(timings, "weight_sync"):
-        handle = ray.get([rank.publish_weights.remote(step) for rank in learners])[0]
-        ray.get([w.load_weights.remote(handle) for w in rollouts])
+        rollouts.push(on_learners(learners, lambda rank: rank.publish_weights.remote(step))[0])
     ledger.generated(len(requests) * sampling.n)
     ledger.trained(len(requests) * sampling.n, masked=sum(r.masked for r in reports))
     metrics.update(reward_metrics, **ledger.as_metrics(), **{f"time/{k}": v for k, v in timings.items()})
@@ -144,9 +259,9 @@ def streaming_step(pipeline: StreamingRollouts, learners: list, step: int) -> tu
     with timed(timings, "wait"):
         batch = pipeline.next_batch(step)
     with timed(timings, "train"):
-        metrics = ray.get([rank.train.remote(*batch.refs) for rank in learners])[0]
+        metrics = on_learners(learners, lambda rank: rank.train.remote(*batch.refs))[0]
     with timed(timings, "weight_sync"):
-        pipeline.push(ray.get([rank.publish_weights.remote(step) for rank in learners])[0])
+        pipeline.push(on_learners(learners, lambda rank: rank.publish_weights.remote(step))[0])
     metrics.update(batch.metrics, **{f"time/{k}": v for k, v in timings.items()})
     metrics["time/step"] = sum(timings.values())
     metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / max(metrics["time/step"], 1e-9)
@@ -158,11 +273,6 @@ def timed(timings: dict[str, float], name: str):
     start = time.perf_counter()
     yield
     timings[name] = time.perf_counter() - start
-
-
-def wait_all(refs: list) -> None:
-    """Block until every ref is ready without pulling the objects into the driver."""
-    ray.wait(refs, num_returns=len(refs), fetch_local=False)
 
 
 def merge_counts(parts: list[dict[str, float]]) -> dict[str, float]:

@@ -46,11 +46,15 @@ class StreamingRollouts:
     """`next_batch(step)` → a Batch of `groups_per_step` whole groups; `push(handle)` → weights to every engine."""
 
     def __init__(self, schedule: Schedule, prompts: Callable[[int], list[RolloutRequest]], rollouts: list,
-                 rewards: list, buffer, sampling: Sampling, groups_per_step: int):
+                 rewards: list, buffer, sampling: Sampling, groups_per_step: int, start_step: int = 1,
+                 batches_drawn: int = 0):
+        """`start_step`, `batches_drawn`: where a resumed run goes on (its first step, the prompt batches its earlier
+        attempts took); nothing is alive at the start."""
         self.schedule, self.prompts, self.sampling = schedule, prompts, sampling
         self.rollouts, self.rewards, self.buffer = rollouts, rewards, buffer
         self.groups_per_step = groups_per_step
-        self.batches_submitted = 0
+        self.start_step, self.batches_at_start = start_step, batches_drawn
+        self.batches_submitted = batches_drawn
         self._acks: list = []
 
     def next_batch(self, step: int, poll_s: float = 0.5) -> Batch:
@@ -74,7 +78,7 @@ class StreamingRollouts:
         """Submit prompt batches until (max_staleness + 1) steps of groups are alive; returns how many."""
         g = self.groups_per_step
         dropped = int(ray.get(self.buffer.counts.remote())["groups/dropped"])
-        alive = self.batches_submitted * g - (step - 1) * g - dropped
+        alive = (self.batches_submitted - self.batches_at_start) * g - (step - self.start_step) * g - dropped
         submitted = 0
         while alive < (self.schedule.max_staleness + 1) * g:
             expected_step = step + alive // g
@@ -97,6 +101,6 @@ class StreamingRollouts:
         """Final accounting: groups still buffered count as dropped (`run_ended`); requests still inside an engine
         were never generated and are reported as `samples/unfinished`."""
         counts = ray.get(self.buffer.close.remote())
-        submitted = self.batches_submitted * self.groups_per_step * self.sampling.n
+        submitted = (self.batches_submitted - self.batches_at_start) * self.groups_per_step * self.sampling.n
         counts["samples/unfinished"] = submitted - counts["samples/generated"]
         return counts

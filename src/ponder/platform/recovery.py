@@ -1,0 +1,135 @@
+"""What the driver does when an actor dies mid-step.
+
+Rollout and reward actors are created with `ft.max_actor_restarts` (platform/cluster.py): Ray restarts a dead one by
+running its constructor again (a fresh engine on the initial model, a fresh verifier pool). Each fan-out returns a
+small companion result per actor besides the data; the driver waits on those, so a death shows up as `RayActorError`
+without the data ever passing through the driver. The driver then waits for the restart, hands a restarted engine the
+weights it should serve, and issues that actor's shard again. Sample seeds come from (seed, step, prompt, sample), so a
+re-issued shard samples what the lost one would have: no trajectory is lost or counted twice.
+
+A learner rank is not restarted: its optimizer state died with it. `LearnerLost` carries the cause; the driver stops
+with the last complete checkpoint named, or resumes from it (`ft.auto_resume`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import ray
+from ray.exceptions import RayActorError
+
+from ponder.data.stream import split_even
+from ponder.types import WeightsVersion
+
+RESTART_TIMEOUT_S = 600.0  # a restarted vLLM engine loads its model again; a verifier pool runs its self-tests
+
+
+class ActorFailed(RuntimeError):
+    """A rollout or reward actor died and cannot be brought back (its restarts are spent, or it does not start)."""
+
+
+class LearnerLost(RuntimeError):
+    """A learner rank died (process killed, out of memory, node lost); its cause is chained."""
+
+
+class ActorFanout:
+    """One pool of restartable actors (rollout or reward). `run(submit, shards)` calls `submit(actor, shard)` on each
+    actor with its shard, which returns (data ref, small ref); a shard whose actor dies is re-issued once the actor is
+    back (at most `max_restarts` times per actor, as Ray restarts it). `on_restart(actor)` readies a restarted actor (a rollout engine loads the current weights)."""
+
+    def __init__(self, name: str, actors: list, ping: Callable[[object], object], max_restarts: int,
+                 on_restart: Optional[Callable[[object], None]] = None):
+        self.name, self.actors, self.ping, self.max_restarts = name, actors, ping, max_restarts
+        self.on_restart = on_restart or (lambda actor: None)
+        self.lives = [0] * len(actors)  # restarts per actor, as Ray counts them against max_restarts
+
+    def run(self, submit: Callable[[object, object], tuple], shards: list) -> tuple[list, list]:
+        """Shard i goes to actor i % len(actors). Returns (data refs, small values), in shard order."""
+        owner = [i % len(self.actors) for i in range(len(shards))]
+        pairs = [submit(self.actors[owner[i]], shard) for i, shard in enumerate(shards)]
+        small: list = [None] * len(shards)
+        pending = {pair[1]: (i, self.lives[owner[i]]) for i, pair in enumerate(pairs)}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            i, life = pending.pop(ready[0])
+            try:
+                small[i] = ray.get(ready[0])
+            except RayActorError as e:
+                if life == self.lives[owner[i]]:  # not yet recovered from this death (another shard may have)
+                    self._recover(owner[i], e)
+                pairs[i] = submit(self.actors[owner[i]], shards[i])
+                pending[pairs[i][1]] = (i, self.lives[owner[i]])
+        return [pair[0] for pair in pairs], small
+
+    def _recover(self, index: int, error: RayActorError) -> None:
+        """Wait for Ray to restart actor `index`, then ready it for work."""
+        if self.lives[index] >= self.max_restarts:
+            raise ActorFailed(f"{self.name} actor {index} died after {self.lives[index]} restarts "
+                               f"(ft.max_actor_restarts={self.max_restarts}); cause:\n{error}") from error
+        self.lives[index] += 1
+        actor, deadline = self.actors[index], time.monotonic() + RESTART_TIMEOUT_S
+        while True:  # calls made while Ray restarts the actor wait for it; one made as it dies fails, so ask again
+            try:
+                ray.get(self.ping(actor), timeout=max(1.0, deadline - time.monotonic()))
+                break
+            except RayActorError as again:
+                if time.monotonic() > deadline:
+                    raise ActorFailed(f"{self.name} actor {index} died and did not come back:\n{again}") from again
+                time.sleep(1.0)
+        self.on_restart(actor)
+
+    @property
+    def restarts(self) -> int:
+        return sum(self.lives)
+
+
+class Rollouts:
+    """The rollout pool as the driver uses it: generate with recovery, and push weights that a restarted engine gets
+    again (it comes back serving the initial model)."""
+
+    def __init__(self, actors: list, max_restarts: int):
+        self.actors = actors
+        self.weights: Optional[WeightsVersion] = None  # the newest weights every engine must serve
+        self.fanout = ActorFanout("rollout", actors, lambda a: a.stats.remote(), max_restarts, self._reload)
+
+    def generate(self, requests: list, sampling, min_version: int = 0) -> tuple[list, int]:
+        """Even, consecutive shards, one per engine: (trajectory-list refs, tokens generated)."""
+        refs, tokens = self.fanout.run(
+            lambda actor, shard: actor.generate_batch.options(num_returns=2).remote(shard, sampling, min_version),
+            split_even(requests, len(self.actors)))
+        return refs, sum(tokens)
+
+    def push(self, handle: WeightsVersion) -> None:
+        self.weights = handle
+        self.fanout.run(lambda actor, _: (None, actor.load_weights.remote(handle)), [None] * len(self.actors))
+
+    def _reload(self, actor) -> None:
+        if self.weights is not None:
+            ray.get(actor.load_weights.remote(self.weights))
+
+
+class Rewards:
+    """The reward pool as the driver uses it: each generated batch scored round-robin, re-scored if its actor died."""
+
+    def __init__(self, actors: list, max_restarts: int):
+        self.actors = actors
+        self.fanout = ActorFanout("reward", actors, lambda a: a.pids.remote(), max_restarts)
+
+    def score(self, generated: list) -> tuple[list, list]:
+        """(scored trajectory-list refs, ScoreReports) in the order of `generated`."""
+        return self.fanout.run(lambda actor, ref: tuple(actor.score.options(num_returns=2).remote(ref)), generated)
+
+
+def on_learners(learners: list, call: Callable[[object], object]) -> list:
+    """`call(rank)` on every learner rank; results in rank order. Fails fast: if one rank dies the others may hang in
+    a collective waiting for it, so its death is raised as soon as it is seen (`LearnerLost`)."""
+    refs = [call(rank) for rank in learners]
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        try:
+            ray.get(ready[0])
+        except RayActorError as e:
+            raise LearnerLost(f"a learner rank died: {e}") from e
+    return ray.get(refs)
