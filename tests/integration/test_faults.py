@@ -117,3 +117,23 @@ def test_a_dead_learner_stops_the_run_and_names_the_checkpoint(tiny_model_dir, t
 
     mlflow.set_tracking_uri(f"sqlite:///{out}/m.db")
     assert list(mlflow.search_runs(experiment_names=["ponder"])["status"]) == ["FAILED"]
+
+
+def test_streaming_engine_and_reward_deaths_are_recovered(tiny_model_dir, tmp_path):
+    """async mode: the engine's undelivered groups and any group whose scoring died are generated again."""
+    out, log = tmp_path / "run", tmp_path / "train.log"
+    proc = start(["configs/async.yaml", *overrides(tiny_model_dir, out, steps=4)], log)
+    wait_for_step(out, 1, proc, log)
+    kill_one("RolloutWorker")
+    wait_for_step(out, 2, proc, log)
+    kill_one("RewardWorker")
+    assert finish(proc) == 0, log.read_text()[-4000:]
+
+    final = {name: metric_history(out, f"final/samples/{name}")[-1][1]
+             for name in ("generated", "trained", "buffered", "dropped_stale", "dropped_run_ended",
+                          "dropped_reward_error", "dropped_zero_variance")}
+    assert final["trained"] == 4 * PROMPTS * SAMPLES  # every step trained a full batch
+    assert final["generated"] == final["trained"] + sum(v for k, v in final.items() if k.startswith("dropped_"))
+    assert final["buffered"] == 0 and final["dropped_reward_error"] == 0, final
+    assert max(v for _, v in metric_history(out, "ft/rollout_restarts")) >= 1
+    assert max(v for _, v in metric_history(out, "ft/groups_reissued")) >= 1  # the dead engine's groups came back

@@ -8,7 +8,9 @@ The buffer owns the streaming pipeline's accounting (`Ledger`): every generated 
 reason — `stale` (older than `max_staleness` versions when its step came), `zero_variance` (dynamic sampling: all
 rewards equal, so zero advantage), `reward_error` (a failed reward masked it), `run_ended` (still here at the end).
 It is bounded by the producer's credit (platform/pipeline.py): no more than (max_staleness + 2) steps of groups are
-ever alive. A threaded actor (Ray is applied in platform/cluster.py); a reward that raised surfaces from `take`.
+ever alive. A threaded actor (Ray is applied in platform/cluster.py); a reward that raised surfaces from `take`. A group
+whose reward actor died while scoring it is un-counted and handed back to the pipeline (`take_lost`) to be generated
+again, so that it is neither lost nor counted twice.
 """
 
 from __future__ import annotations
@@ -88,12 +90,26 @@ class TrajectoryBuffer:
         self._lock = threading.Lock()
         self._scoring: list[tuple[GroupMeta, object, object]] = []  # (meta, scored ref, report ref): being scored
         self._ready: list[tuple[GroupMeta, object, ScoreReport]] = []  # scored and kept, in arrival order
+        self._delivered: set[int] = set()  # group ids put here (and not lost since)
+        self._lost: list[int] = []  # groups whose reward actor died while scoring them: to be generated again
 
     def put(self, meta: GroupMeta, refs: list) -> None:
         scored, report = refs
         with self._lock:
             self._scoring.append((meta, scored, report))
+            self._delivered.add(meta.group_id)
             self.ledger.generated(meta.num_samples)
+
+    def delivered(self, group_ids: list[int]) -> set[int]:
+        """Which of these groups reached the buffer (a restarted engine's others are generated again)."""
+        with self._lock:
+            return self._delivered.intersection(group_ids)
+
+    def take_lost(self) -> list[int]:
+        """Groups whose reward actor died mid-scoring since the last call; they were uncounted, to be re-issued."""
+        with self._lock:
+            lost, self._lost = self._lost, []
+            return lost
 
     def take(self, num_groups: int, step: int, timeout_s: float) -> Batch | None:
         """`num_groups` groups for training step `step` (the learner then holds version step - 1), oldest weights
@@ -144,12 +160,16 @@ class TrajectoryBuffer:
         done, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
         if not done:
             return
-        reports = dict(zip(done, ray.get(done)))  # a reward actor's exception surfaces here, with its traceback
+        reports = {ref: _report(ref) for ref in done}  # a reward function's exception surfaces here, with its cause
         with self._lock:
             still = []
             for meta, scored, ref in self._scoring:
                 if ref not in reports:
                     still.append((meta, scored, ref))
+                elif reports[ref] is None:  # its reward actor died: not generated as far as the ledger knows
+                    self.ledger.generated(-meta.num_samples)
+                    self._delivered.discard(meta.group_id)
+                    self._lost.append(meta.group_id)
                 elif self.dynamic_sampling and reports[ref].zero_variance:
                     self.ledger.dropped("zero_variance", meta.num_samples)
                 else:
@@ -167,3 +187,14 @@ class TrajectoryBuffer:
                 self.ledger.dropped("run_ended", meta.num_samples)
             self._scoring, self._ready = [], []
             return self.ledger.as_metrics()
+
+
+def _report(ref) -> ScoreReport | None:
+    """The group's ScoreReport, or None if the reward actor scoring it died (Ray restarts it; the group is redone)."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    try:
+        return ray.get(ref)
+    except RayActorError:
+        return None

@@ -131,11 +131,12 @@ class RolloutWorker:
         return [t for req in requests for t in groups[req.group_id]]
 
     def generate_batch(self, requests: list[RolloutRequest], sampling: Sampling, min_version: int = 0
-                       ) -> tuple[list[Trajectory], int]:
-        """`generate` and the number of tokens it produced: the small second result is what the driver waits on
-        (platform/recovery.py), so that it notices a dead engine without pulling the trajectories."""
+                       ) -> tuple[list[Trajectory], tuple[int, int]]:
+        """`generate`, and (tokens produced, oldest weights used): the small second result is what the driver waits
+        on (platform/recovery.py), so that it notices a dead or restarted engine without pulling the trajectories."""
         trajectories = self.generate(requests, sampling, min_version)
-        return trajectories, sum(len(t.response_ids) for t in trajectories)
+        return trajectories, (sum(len(t.response_ids) for t in trajectories),
+                              min((t.policy_version for t in trajectories), default=self.version))
 
     def stream(self, requests: list[RolloutRequest], sampling: Sampling, min_version: int, rewards: list,
                buffer) -> None:
@@ -174,7 +175,7 @@ class RolloutWorker:
         """Liveness and load; raises the engine thread's error (with its cause) if it died."""
         self._check()
         return {"version": self.version, "running": len(self._live), "waiting": len(self._waiting),
-                "tokens_generated": self.tokens_generated}
+                "tokens_generated": self.tokens_generated, "pid": os.getpid()}
 
     # -- NCCL weight sync (GPU): driven by the learner through transport.nccl.RolloutFanoutClient ------------------
     # A push spans several calls; the engine core's scheduler stays paused from start to finish, so no token is

@@ -115,11 +115,14 @@ class CheckpointStore:
                                   f"complete ones: {self.complete() or 'none'}")
         return json.loads(text)
 
-    def load(self, name: str, local_dir: Path) -> dict[str, Any]:
-        """Download checkpoint `name` into `local_dir`, verifying each file; returns its manifest."""
+    def load(self, name: str, local_dir: Path, only: str = "") -> dict[str, Any]:
+        """Download checkpoint `name` into `local_dir`, verifying each file; returns its manifest. `only`: just the
+        files under that folder of the checkpoint (e.g. "hf/"), written relative to it."""
         manifest = self.manifest(name)
         for relative, expected in manifest["files"].items():
-            target = Path(local_dir) / relative
+            if not relative.startswith(only):
+                continue
+            target = Path(local_dir) / relative[len(only):]
             self.storage.get_file(f"{name}/{relative}", target)
             size, digest = target.stat().st_size, file_sha256(target)
             if (size, digest) != (expected["bytes"], expected["sha256"]):

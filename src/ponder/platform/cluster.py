@@ -1,7 +1,8 @@
 """Placement: the only place Ray actors are created (ray.remote is applied here, at the edge).
 
 Rollout, reward and learner pools are sized independently from their own sub-configs, and the driver code does not
-change with their sizes. On a 2-core machine actors take fractional `num_cpus`. Rollout actors and the trajectory
+change with their sizes. On a 2-core machine actors take fractional `num_cpus`. On a cluster each pool's `resources`
+(Ray custom resources that only its nodes advertise, e.g. {ponder_rollout: 1}) keeps its actors on its own nodes. Rollout actors and the trajectory
 buffer are threaded actors: a rollout actor's engine thread keeps decoding while its other threads take weights and
 new prompts; the buffer answers `put` while a `take` waits. Rollout and reward actors are restarted by Ray after a
 death (`ft.max_actor_restarts`; platform/recovery.py re-issues their work); learner ranks and the buffer are not.
@@ -39,7 +40,7 @@ class Cluster:
 
     def rollout_pool(self, model_path: str) -> list:
         c = self.cfg.rollout
-        cls = ray.remote(num_cpus=c.num_cpus, num_gpus=c.num_gpus, max_concurrency=8,
+        cls = ray.remote(num_cpus=c.num_cpus, num_gpus=c.num_gpus, resources=dict(c.resources), max_concurrency=8,
                          max_restarts=self.cfg.ft.max_actor_restarts)(RolloutWorker)
         if c.cpu_bind is not None:  # vLLM's CPU backend pins its OpenMP threads to these cores
             cls = cls.options(runtime_env={"env_vars": {**ACTOR_ENV, "VLLM_CPU_OMP_THREADS_BIND": c.cpu_bind}})
@@ -49,7 +50,8 @@ class Cluster:
     def reward_pool(self) -> list:
         c = self.cfg.reward
         critics = self.critics()
-        cls = ray.remote(num_cpus=c.num_cpus, max_restarts=self.cfg.ft.max_actor_restarts)(RewardWorker)
+        cls = ray.remote(num_cpus=c.num_cpus, resources=dict(c.resources),
+                         max_restarts=self.cfg.ft.max_actor_restarts)(RewardWorker)
         return self._track([cls.remote(c, critics) for _ in range(c.num_workers)])
 
     def critics(self) -> dict:
@@ -73,7 +75,7 @@ class Cluster:
 
     def learner_group(self, model_path: str, weights_dir: str) -> list:
         c, t = self.cfg.learner, self.cfg.trainer
-        cls = ray.remote(num_cpus=c.num_cpus, num_gpus=c.num_gpus)(LearnerWorker)
+        cls = ray.remote(num_cpus=c.num_cpus, num_gpus=c.num_gpus, resources=dict(c.resources))(LearnerWorker)
         port = _free_port()
         return self._track([
             cls.remote(model_path, self.cfg.model.dtype, c, self.cfg.algo, rank=rank, master_port=port,

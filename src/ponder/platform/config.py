@@ -96,6 +96,7 @@ class RolloutConfig:
     num_gpus: float = 0.0
     cpu_bind: Optional[str] = None  # CPU engines: cores for vLLM's threads, e.g. "0" or "0-1"; None = vLLM decides
     tensor_parallel_size: int = 1
+    resources: dict[str, float] = field(default_factory=dict)  # Ray custom resources per actor: pins it to a pool
     weight_sync: str = "shm"  # shm: safetensors in shared memory + reload (CPU, any); nccl: GPU broadcast
 
 
@@ -119,6 +120,7 @@ class RewardConfig:
     memory_mb: int = 2048  # address-space cap of each verifier process; MemoryError there scores the term 0
     accuracy_from: str = "math"  # the term whose value 1.0 counts as a correct answer
     num_cpus: float = 0.5
+    resources: dict[str, float] = field(default_factory=dict)  # Ray custom resources per actor: pins it to a pool
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class LearnerConfig:
     cpu_bind: Optional[str] = None  # CPU: cores every rank is pinned to, e.g. "1"; None = no pinning
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)  # Ray custom resources per rank: pins it to a pool
 
 
 @dataclass(frozen=True)

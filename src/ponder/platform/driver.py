@@ -166,8 +166,7 @@ def run_attempt(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, s
             result.accounting = loop.close()
             tracker.log_metrics({f"final/{k}": v for k, v in result.accounting.items()}, t.steps)
             if t.save_final_model:
-                final = on_learners(learners, lambda rank: rank.save_hf.remote(str(out / FINAL_MODEL)))[0]
-                tracker.log_artifact(final, FINAL_MODEL)
+                tracker.log_artifact(export_final_model(cfg, target, result.checkpoint, learners, out), FINAL_MODEL)
                 if cfg.tracking.registered_model:
                     result.registered = f"{cfg.tracking.registered_model}/" \
                                         f"{tracker.register_model(cfg.tracking.registered_model)}"
@@ -186,6 +185,19 @@ def save_checkpoint(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarge
     return uri
 
 
+def export_final_model(cfg: PonderConfig, target: CheckpointTarget, checkpoint: Optional[str], learners: list,
+                       out: Path) -> str:
+    """The final policy in Hugging Face format in `out`/final_model, on the driver's node. Taken from the last
+    checkpoint's export when it has one: that is in shared storage, and the learner may run on another node. Without
+    one, learner rank 0 writes it, which only the driver's own node (a local cluster) can see."""
+    local = out / FINAL_MODEL
+    if checkpoint and checkpoint.endswith(f"_{cfg.trainer.steps:08d}") and cfg.checkpoint.export_hf:
+        shutil.rmtree(local, ignore_errors=True)
+        target.store().load(checkpoint.rpartition("/")[2], local, only="hf/")
+        return str(local)
+    return on_learners(learners, lambda rank: rank.save_hf.remote(str(local)))[0]
+
+
 class Loop:
     """The configured mode's step (step -> (metrics, scored refs)), what a checkpoint saves of it, and its final
     accounting."""
@@ -196,9 +208,10 @@ class Loop:
     @classmethod
     def of(cls, cfg: PonderConfig, cluster: Cluster, rollouts: Rollouts, rewards: Rewards, learners: list,
            prompt_batch: Callable[[int], list], sampling: Sampling, state: DriverState) -> "Loop":
+        fanouts = {"rollout": [rollouts.fanout], "reward": [rewards.fanout]}
+
         def restarts() -> dict[str, int]:  # of this run, earlier attempts included
-            return {"rollout": state.restarts.get("rollout", 0) + rollouts.fanout.restarts,
-                    "reward": state.restarts.get("reward", 0) + rewards.fanout.restarts}
+            return {pool: state.restarts.get(pool, 0) + sum(f.restarts for f in fs) for pool, fs in fanouts.items()}
 
         def with_restarts(step: Callable) -> Callable:
             def run(k: int):
@@ -219,7 +232,8 @@ class Loop:
         buffer = cluster.buffer(schedule.max_staleness, cfg.pipeline.dynamic_sampling)
         pipeline = StreamingRollouts(schedule, prompt_batch, rollouts.actors, rewards.actors, buffer, sampling,
                                      cfg.trainer.prompts_per_step, start_step=state.step + 1,
-                                     batches_drawn=state.batches_drawn)
+                                     batches_drawn=state.batches_drawn, max_restarts=cfg.ft.max_actor_restarts)
+        fanouts["rollout"].append(pipeline.fanout)
         # Counts of the attempts before this one (the buffer starts from zero). What was still buffered when the
         # checkpoint was taken did not survive the restart: it counts as dropped at the end of that attempt.
         earlier = dict(state.accounting)
@@ -263,6 +277,7 @@ def streaming_step(pipeline: StreamingRollouts, learners: list, step: int) -> tu
     with timed(timings, "weight_sync"):
         pipeline.push(on_learners(learners, lambda rank: rank.publish_weights.remote(step))[0])
     metrics.update(batch.metrics, **{f"time/{k}": v for k, v in timings.items()})
+    metrics["ft/groups_reissued"] = float(pipeline.reissued)
     metrics["time/step"] = sum(timings.values())
     metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / max(metrics["time/step"], 1e-9)
     return metrics, batch.refs

@@ -8,7 +8,10 @@ ends up older than the bound. The engines score and deliver groups themselves; t
 
 Modes: `one_step_off` = bound 1, updates wait for in-flight samples to finish; `async` = the configured bound, and
 with `partial_rollouts` an update lands at the engines' next decode step (in-flight samples continue on it).
-Talks to the rollout actors (stream, load_weights, stats) and the buffer actor (take, counts, close).
+A rollout engine that dies or comes back from a restart gets the newest weights and its undelivered groups again; a
+group whose reward actor died mid-scoring is generated again (`_recover_lost`).
+Talks to the rollout actors (stream, load_weights, stats) and the buffer actor (take, counts, delivered, take_lost,
+close).
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import ray
+from ray.exceptions import RayActorError
 
 from ponder.actors.buffer import Batch
 from ponder.actors.rollout import Sampling
 from ponder.data.stream import split_even
 from ponder.platform.config import PipelineConfig
+from ponder.platform.recovery import ActorFanout, ActorRestarted
 from ponder.types import RolloutRequest, WeightsVersion
 
 
@@ -47,21 +52,26 @@ class StreamingRollouts:
 
     def __init__(self, schedule: Schedule, prompts: Callable[[int], list[RolloutRequest]], rollouts: list,
                  rewards: list, buffer, sampling: Sampling, groups_per_step: int, start_step: int = 1,
-                 batches_drawn: int = 0):
+                 batches_drawn: int = 0, max_restarts: int = 0):
         """`start_step`, `batches_drawn`: where a resumed run goes on (its first step, the prompt batches its earlier
-        attempts took); nothing is alive at the start."""
+        attempts took); nothing is alive at the start. `max_restarts`: per engine (ft.max_actor_restarts)."""
         self.schedule, self.prompts, self.sampling = schedule, prompts, sampling
         self.rollouts, self.rewards, self.buffer = rollouts, rewards, buffer
         self.groups_per_step = groups_per_step
         self.start_step, self.batches_at_start = start_step, batches_drawn
         self.batches_submitted = batches_drawn
         self._acks: list = []
+        self.reissued = 0  # groups generated again after an engine or a reward actor died
+        self._weights: WeightsVersion | None = None  # the newest pushed: what a restarted engine must load
+        self._sent: dict[int, tuple[int, RolloutRequest, int]] = {}  # group id -> (engine, request, min_version)
+        self.fanout = ActorFanout("rollout", rollouts, lambda w: w.stats.remote(), max_restarts, self._reload)
+        self._pids = [stats["pid"] for stats in ray.get([w.stats.remote() for w in rollouts])]
 
     def next_batch(self, step: int, poll_s: float = 0.5) -> Batch:
         self._fill(step)
         refills = 0
         while (batch := ray.get(self.buffer.take.remote(self.groups_per_step, step, poll_s))) is None:
-            ray.get([w.stats.remote() for w in self.rollouts])  # an engine that died raises here, with its cause
+            self._recover_lost()
             refills += self._fill(step)  # only dropped groups make room for more
             if refills > self.schedule.max_refill_batches:
                 counts = ray.get(self.buffer.counts.remote())
@@ -85,16 +95,54 @@ class StreamingRollouts:
             min_version = max(0, expected_step - 1 - self.schedule.max_staleness)
             self.batches_submitted += 1
             requests = self.prompts(self.batches_submitted)
-            for worker, shard in zip(self.rollouts, split_even(requests, len(self.rollouts))):
-                worker.stream.remote(shard, self.sampling, min_version, self.rewards, self.buffer)
+            for engine, shard in enumerate(split_even(requests, len(self.rollouts))):
+                self._stream(engine, shard, min_version)
             alive += g
             submitted += 1
+        # Groups of batches older than this can no longer be trained: no need to keep them for re-issuing.
+        oldest = (step - self.schedule.max_staleness - 2) * g
+        self._sent = {gid: sent for gid, sent in self._sent.items() if gid >= oldest}
         return submitted
+
+    def _stream(self, engine: int, requests: list[RolloutRequest], min_version: int) -> None:
+        self._sent.update({req.group_id: (engine, req, min_version) for req in requests})
+        self.rollouts[engine].stream.remote(requests, self.sampling, min_version, self.rewards, self.buffer)
+
+    def _recover_lost(self) -> None:
+        """Re-issue what died: the undelivered groups of an engine that died or came back from a restart (it lost
+        them and its weights), and groups whose reward actor died while scoring them (the buffer hands them back).
+        Seeds are per (step, prompt, sample): a re-issued group samples what the lost one would have."""
+        for engine, worker in enumerate(self.rollouts):
+            try:
+                restarted = ray.get(worker.stats.remote())["pid"] != self._pids[engine]
+                error: Exception = ActorRestarted(f"rollout engine {engine} came back from a restart")
+            except RayActorError as e:
+                restarted, error = True, e
+            if restarted:
+                self.fanout.recover(engine, error)  # waits for it and gives it the current weights
+                self._pids[engine] = ray.get(worker.stats.remote())["pid"]
+                owned = [gid for gid, (owner, _, _) in self._sent.items() if owner == engine]
+                self._reissue(sorted(set(owned) - ray.get(self.buffer.delivered.remote(owned))))
+        self._reissue([gid for gid in ray.get(self.buffer.take_lost.remote()) if gid in self._sent])
+
+    def _reissue(self, group_ids: list[int]) -> None:
+        self.reissued += len(group_ids)
+        for gid in group_ids:
+            engine, request, min_version = self._sent[gid]
+            self._stream(engine, [request], min_version)
+
+    def _reload(self, worker) -> None:
+        if self._weights is not None:
+            ray.get(worker.load_weights.remote(self._weights))
 
     def push(self, handle: WeightsVersion) -> None:
         """Hand new weights to every engine without waiting for them to load (a refused push raises at the next one).
         Engines verify off their decode thread and pause decoding only for the reload itself."""
-        ray.get(self._acks)
+        try:
+            ray.get(self._acks)
+        except RayActorError:
+            self._recover_lost()  # an engine died: it is back with these weights and its groups again
+        self._weights = handle
         self._acks = [w.load_weights.remote(handle, self.schedule.interrupt) for w in self.rollouts]
 
     def close(self) -> dict[str, float]:

@@ -29,6 +29,10 @@ class ActorFailed(RuntimeError):
     """A rollout or reward actor died and cannot be brought back (its restarts are spent, or it does not start)."""
 
 
+class ActorRestarted(RuntimeError):
+    """An actor's answer shows it was restarted while idle (a fresh engine serves the initial weights)."""
+
+
 class LearnerLost(RuntimeError):
     """A learner rank died (process killed, out of memory, node lost); its cause is chained."""
 
@@ -44,8 +48,11 @@ class ActorFanout:
         self.on_restart = on_restart or (lambda actor: None)
         self.lives = [0] * len(actors)  # restarts per actor, as Ray counts them against max_restarts
 
-    def run(self, submit: Callable[[object, object], tuple], shards: list) -> tuple[list, list]:
-        """Shard i goes to actor i % len(actors). Returns (data refs, small values), in shard order."""
+    def run(self, submit: Callable[[object, object], tuple], shards: list,
+            valid: Callable[[object], bool] = lambda small: True) -> tuple[list, list]:
+        """Shard i goes to actor i % len(actors). Returns (data refs, small values), in shard order. A small value
+        that is not `valid` means the actor was restarted before it took the call (it lost its state, e.g. the
+        weights): it is readied again and the shard re-issued."""
         owner = [i % len(self.actors) for i in range(len(shards))]
         pairs = [submit(self.actors[owner[i]], shard) for i, shard in enumerate(shards)]
         small: list = [None] * len(shards)
@@ -55,14 +62,16 @@ class ActorFanout:
             i, life = pending.pop(ready[0])
             try:
                 small[i] = ray.get(ready[0])
-            except RayActorError as e:
+                if not valid(small[i]):
+                    raise ActorRestarted(f"{self.name} actor {owner[i]} answered from a fresh start: {small[i]}")
+            except (RayActorError, ActorRestarted) as e:
                 if life == self.lives[owner[i]]:  # not yet recovered from this death (another shard may have)
-                    self._recover(owner[i], e)
+                    self.recover(owner[i], e)
                 pairs[i] = submit(self.actors[owner[i]], shards[i])
                 pending[pairs[i][1]] = (i, self.lives[owner[i]])
         return [pair[0] for pair in pairs], small
 
-    def _recover(self, index: int, error: RayActorError) -> None:
+    def recover(self, index: int, error: Exception) -> None:
         """Wait for Ray to restart actor `index`, then ready it for work."""
         if self.lives[index] >= self.max_restarts:
             raise ActorFailed(f"{self.name} actor {index} died after {self.lives[index]} restarts "
@@ -94,11 +103,16 @@ class Rollouts:
         self.fanout = ActorFanout("rollout", actors, lambda a: a.stats.remote(), max_restarts, self._reload)
 
     def generate(self, requests: list, sampling, min_version: int = 0) -> tuple[list, int]:
-        """Even, consecutive shards, one per engine: (trajectory-list refs, tokens generated)."""
-        refs, tokens = self.fanout.run(
-            lambda actor, shard: actor.generate_batch.options(num_returns=2).remote(shard, sampling, min_version),
-            split_even(requests, len(self.actors)))
-        return refs, sum(tokens)
+        """Even, consecutive shards, one per engine: (trajectory-list refs, tokens generated). Every trajectory comes
+        from weights of at least `min_version` and, once weights were pushed through `push`, from those."""
+        expected = max(min_version, self.weights.version if self.weights else 0)
+        # Pushed weights are loaded before `push` returns: engines need not wait for them, and must not, since one
+        # that was restarted while idle would wait for weights nobody sends. Its answer shows it; it is reloaded.
+        wait_for = min_version if self.weights is None else 0
+        refs, small = self.fanout.run(
+            lambda actor, shard: actor.generate_batch.options(num_returns=2).remote(shard, sampling, wait_for),
+            split_even(requests, len(self.actors)), valid=lambda answer: answer[1] >= expected)
+        return refs, sum(tokens for tokens, _ in small)
 
     def push(self, handle: WeightsVersion) -> None:
         self.weights = handle
