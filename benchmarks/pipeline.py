@@ -40,6 +40,7 @@ from ponder.data.tiny_model import build_tiny_model
 from ponder.platform.cluster import Cluster
 from ponder.platform.config import TinyModelConfig, load_config
 from ponder.platform.driver import grpo_step, streaming_step
+from ponder.platform.recovery import Rewards, Rollouts
 from ponder.platform.pipeline import Schedule, StreamingRollouts
 
 MODES = {"sync": None, "one_step_off": Schedule(1, False), "async": Schedule(2, False),
@@ -87,7 +88,8 @@ class Bench:
 
         def step_fn(step: int):
             if pipeline is None:
-                return grpo_step(self.rollouts, self.rewards, learners, prompts(step), self.sampling, step, ledger)
+                return grpo_step(Rollouts(self.rollouts, 0), Rewards(self.rewards, 0), learners, prompts(step),
+                                 self.sampling, step, ledger)
             return streaming_step(pipeline, learners, step)
         history = []
         for step in range(1, self.args.warmup + self.args.steps + 1):

@@ -16,7 +16,7 @@ import time
 from ponder.data.tiny_model import build_tiny_model
 from ponder.eval.metrics import time_to_gain
 from ponder.learner.sft import run_sft
-from ponder.platform.cli import split_args
+from ponder.platform.cli import resolve_resume, split_args
 from ponder.platform.config import load_config
 from ponder.platform.driver import train
 
@@ -26,8 +26,9 @@ def main(argv: list[str]) -> None:
     cfg = load_config(files, overrides)
     build_tiny_model(cfg.tiny_model)
     run_sft(cfg.sft, cfg.data)
+    target, _, _ = resolve_resume(cfg, None)  # a new run; refuses to overwrite an unfinished one's checkpoints
     started = time.perf_counter()
-    result = train(cfg)
+    result = train(cfg, target)
     total = time.perf_counter() - started
     print(f"\nmachine: {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores; "
           f"command: python benchmarks/time_to_accuracy.py {' '.join(argv)}")

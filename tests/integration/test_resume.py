@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -127,3 +128,27 @@ def test_killed_and_resumed_equals_straight(tiny_model_dir, tmp_path, s3_env):
         assert [s["prompt"] for s in sa] == [s["prompt"] for s in sb], f"data order differs at step {step}"
         matched += sum(x["response"] == y["response"] for x, y in zip(sa, sb))
     print(f"responses equal in the straight and the resumed run: {matched}/{4 * 8}; max weight difference {worst}")
+
+
+def test_the_run_is_the_system_of_record(tiny_model_dir, tmp_path):
+    """Lineage tags, the checkpoint's URI and the registered model are on the run; `ponder eval --run` finds it."""
+    import mlflow
+
+    out = tmp_path / "run"
+    proc = run(overrides(tiny_model_dir, out) + ["trainer.steps=2", "tracking.registered_model=tiny-policy"])
+    run_id = the_run(out).run_id
+    assert f"registered model: tiny-policy/1 (`ponder eval --run {run_id}`)" in proc.stdout
+    tags = mlflow.tracking.MlflowClient().get_run(run_id).data.tags
+    assert tags["ponder.dataset.train"] == "embedded:arithmetic" and len(tags["ponder.dataset.train.sha256"]) == 64
+    assert tags["ponder.dataset.eval.rows"] == "8"
+    assert re.fullmatch(r"weight=1.0 version=[0-9a-f]{12}", tags["ponder.reward.math"])
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown", tags["mlflow.source.git.commit"])
+    assert tags["ponder.version"] and tags["ponder.checkpoint.latest"] == f"{out}/checkpoints/step_00000002"
+    versions = mlflow.tracking.MlflowClient().search_model_versions(f"run_id = '{run_id}'")
+    assert [(v.name, v.version) for v in versions] == [("tiny-policy", "1")]
+
+    evaluated = subprocess.run([PONDER, "eval", "--run", run_id, f"tracking.uri=sqlite:///{out}/m.db",
+                                "eval.prompts=8", "eval.k=2", "rollout.max_tokens=16", "rollout.max_model_len=512",
+                                "rollout.kv_cache_gb=0.25"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"model of run {run_id}:" in evaluated.stdout and "greedy/accuracy" in evaluated.stdout

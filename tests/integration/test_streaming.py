@@ -20,6 +20,7 @@ from ponder.data.stream import PromptStream, make_requests
 from ponder.platform.cluster import Cluster
 from ponder.platform.config import load_config
 from ponder.platform.driver import grpo_step, streaming_step
+from ponder.platform.recovery import Rewards, Rollouts
 from ponder.platform.pipeline import PipelineError, Schedule, StreamingRollouts
 
 pytestmark = pytest.mark.integration
@@ -79,8 +80,8 @@ def retire(learners) -> None:
 
 def test_async_with_zero_staleness_trains_on_the_same_data_as_sync(cluster):
     learners, prompts, ledger = fresh_learner(cluster), prompt_source(cluster), Ledger()
-    sync = [grpo_step(cluster.rollouts, cluster.rewards, learners, prompts(step), SAMPLING, step, ledger)
-            for step in (1, 2, 3)]
+    rollouts, rewards = Rollouts(cluster.rollouts, max_restarts=0), Rewards(cluster.rewards, max_restarts=0)
+    sync = [grpo_step(rollouts, rewards, learners, prompts(step), SAMPLING, step, ledger) for step in (1, 2, 3)]
     retire(learners)
 
     learners = fresh_learner(cluster)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ponder.platform.config import CheckpointConfig
 from ponder.platform.storage import Storage, open_storage
 from ponder.transport.weights import file_sha256
 
@@ -48,6 +49,11 @@ class CheckpointTarget:
     url: str  # the checkpoint root: a local directory or s3://bucket/prefix
     endpoint_url: Optional[str] = None
     keep_last: int = 2
+
+    @classmethod
+    def of(cls, cfg: CheckpointConfig, output_dir: str) -> "CheckpointTarget":
+        """The configured root; by default `<output_dir>/checkpoints`."""
+        return cls(cfg.dir or f"{output_dir}/checkpoints", cfg.endpoint_url, cfg.keep_last)
 
     def store(self) -> "CheckpointStore":
         return CheckpointStore(open_storage(self.url, self.endpoint_url), self.keep_last)

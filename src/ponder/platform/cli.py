@@ -65,7 +65,7 @@ def resolve_resume(cfg: PonderConfig, spec: str | None):
     from ponder.platform.checkpoints import CheckpointError, CheckpointTarget, locate
 
     c = cfg.checkpoint
-    target = CheckpointTarget(c.dir or f"{cfg.trainer.output_dir}/checkpoints", c.endpoint_url, c.keep_last)
+    target = CheckpointTarget.of(c, cfg.trainer.output_dir)
     try:
         if spec is None or spec == "auto":
             store = target.store()
@@ -245,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         from ponder.platform.pipeline import PipelineError
         from ponder.platform.recovery import ActorFailed
 
-        if isinstance(e, (PipelineError, TrainingStopped, ActorFailed)):
+        if isinstance(e, (PipelineError, TrainingStopped)):
             print(f"ponder {args.command}: error: {e}", file=sys.stderr)
             return 1
-        if not type(e).__module__.startswith("ray."):
+        if not (isinstance(e, ActorFailed) or type(e).__module__.startswith("ray.")):
             raise
         # an actor died or raised: Ray's message carries the actor's own traceback, which is the cause to show
         print(f"ponder {args.command}: error: a Ray actor failed; all actors were stopped. Cause:\n{e}",

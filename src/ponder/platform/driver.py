@@ -57,6 +57,7 @@ class DriverState:
     history: list[dict[str, float]] = field(default_factory=list)
     evals: dict[int, dict[str, float]] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)  # actor restarts so far, by pool
+    config: str = ""  # the resolved configuration (YAML) of the attempt that saved it
 
     @classmethod
     def from_json(cls, data: dict) -> "DriverState":
@@ -115,30 +116,22 @@ def run_attempt(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, s
                 train_set: list, eval_set: list, result: TrainResult) -> None:
     """One life of the cluster: start every actor, restore `start` if given, train to the last step, finish."""
     t, out = cfg.trainer, Path(cfg.trainer.output_dir)
-    stream = PromptStream(train_set, t.prompts_per_step, cfg.seed)
-    r = cfg.rollout
-    sampling = Sampling(r.samples_per_prompt, r.temperature, r.top_p, r.max_tokens)
-    greedy = Sampling(1, 0.0, 1.0, r.max_tokens)
+    greedy = Sampling(1, 0.0, 1.0, cfg.rollout.max_tokens)
     weights_dir = Path(cfg.cluster.shm_dir) / f"ponder-{tracker.run_id}"
-
-    def prompt_batch(index: int) -> list:  # the index-th batch of the run (= its step in sync mode), from 1
-        return make_requests(stream.batch(index - 1), cfg.data.template, cfg.seed, index,
-                             first_group=index * t.prompts_per_step)
-
     try:
         with Cluster(cfg) as cluster:
             rollouts = Rollouts(cluster.rollout_pool(cfg.model.path), cfg.ft.max_actor_restarts)
             rewards = Rewards(cluster.reward_pool(), cfg.ft.max_actor_restarts)
             learners = cluster.learner_group(cfg.model.path, str(weights_dir))
             cluster.connect_weight_sync(learners, rollouts.actors)
-            state = DriverState(tracker.run_id, t.steps)
+            state = DriverState(tracker.run_id, t.steps, config=to_yaml(cfg))
             if start is not None:
                 state = DriverState.from_json(on_learners(learners, lambda rank: rank.load_checkpoint.remote(
                     target, start))[0])
-                state.last_step = t.steps  # a resumed run may be given more steps than it was started with
+                state.last_step, state.config = t.steps, to_yaml(cfg)  # a resumed run may be given more steps
                 rollouts.push(on_learners(learners, lambda rank: rank.publish_weights.remote(state.step))[0])
             result.history, result.evals = state.history, state.evals
-            loop = Loop.of(cfg, cluster, rollouts, rewards, learners, prompt_batch, sampling, state)
+            loop = Loop.of(cfg, cluster, rollouts, rewards, learners, train_set, state)
 
             def evaluate(step: int) -> None:  # waits for every engine to serve the weights of `step`
                 scored = rollout_and_score(rollouts, rewards, eval_set, cfg.data.template, greedy, cfg.seed, step)
@@ -167,9 +160,8 @@ def run_attempt(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, s
             tracker.log_metrics({f"final/{k}": v for k, v in result.accounting.items()}, t.steps)
             if t.save_final_model:
                 tracker.log_artifact(export_final_model(cfg, target, result.checkpoint, learners, out), FINAL_MODEL)
-                if cfg.tracking.registered_model:
-                    result.registered = f"{cfg.tracking.registered_model}/" \
-                                        f"{tracker.register_model(cfg.tracking.registered_model)}"
+                name = cfg.tracking.registered_model
+                result.registered = f"{name}/{tracker.register_model(name)}" if name else None
         tracker.log_artifact(plot_curves(state.history, state.evals, out / "curves.png"))
     finally:
         shutil.rmtree(weights_dir, ignore_errors=True)  # also when a killed learner could not clean up itself
@@ -207,7 +199,15 @@ class Loop:
 
     @classmethod
     def of(cls, cfg: PonderConfig, cluster: Cluster, rollouts: Rollouts, rewards: Rewards, learners: list,
-           prompt_batch: Callable[[int], list], sampling: Sampling, state: DriverState) -> "Loop":
+           train_set: list, state: DriverState) -> "Loop":
+        r, t = cfg.rollout, cfg.trainer
+        sampling = Sampling(r.samples_per_prompt, r.temperature, r.top_p, r.max_tokens)
+        stream = PromptStream(train_set, t.prompts_per_step, cfg.seed)
+
+        def prompt_batch(index: int) -> list:  # the index-th batch of the run (= its step in sync mode), from 1
+            return make_requests(stream.batch(index - 1), cfg.data.template, cfg.seed, index,
+                                 first_group=index * t.prompts_per_step)
+
         fanouts = {"rollout": [rollouts.fanout], "reward": [rewards.fanout]}
 
         def restarts() -> dict[str, int]:  # of this run, earlier attempts included

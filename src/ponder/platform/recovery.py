@@ -13,6 +13,7 @@ with the last complete checkpoint named, or resumes from it (`ft.auto_resume`).
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Callable, Optional
 
@@ -23,6 +24,7 @@ from ponder.data.stream import split_even
 from ponder.types import WeightsVersion
 
 RESTART_TIMEOUT_S = 600.0  # a restarted vLLM engine loads its model again; a verifier pool runs its self-tests
+FAST_FAILURES = 10  # pings that fail at once, 1 s apart, before an actor counts as gone for good
 
 
 class ActorFailed(RuntimeError):
@@ -73,17 +75,22 @@ class ActorFanout:
 
     def recover(self, index: int, error: Exception) -> None:
         """Wait for Ray to restart actor `index`, then ready it for work."""
+        if getattr(error, "actor_init_failed", False):  # its constructor raised: a restart would raise again
+            raise ActorFailed(f"{self.name} actor {index} could not start; cause:\n{error}") from error
         if self.lives[index] >= self.max_restarts:
             raise ActorFailed(f"{self.name} actor {index} died after {self.lives[index]} restarts "
-                               f"(ft.max_actor_restarts={self.max_restarts}); cause:\n{error}") from error
+                              f"(ft.max_actor_restarts={self.max_restarts}); cause:\n{error}") from error
         self.lives[index] += 1
         actor, deadline = self.actors[index], time.monotonic() + RESTART_TIMEOUT_S
-        while True:  # calls made while Ray restarts the actor wait for it; one made as it dies fails, so ask again
+        for attempt in itertools.count(1):
+            # A call made while Ray restarts the actor waits for it (up to the deadline). One made before Ray has
+            # noticed the death fails at once, so ask again, a few times: an actor Ray gave up on fails at once, always.
             try:
                 ray.get(self.ping(actor), timeout=max(1.0, deadline - time.monotonic()))
                 break
             except RayActorError as again:
-                if time.monotonic() > deadline:
+                if getattr(again, "actor_init_failed", False) or attempt >= FAST_FAILURES or \
+                        time.monotonic() > deadline:
                     raise ActorFailed(f"{self.name} actor {index} died and did not come back:\n{again}") from again
                 time.sleep(1.0)
         self.on_restart(actor)
