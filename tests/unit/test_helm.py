@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from ponder.platform.config import ConfigError, load_config
+from ponder.rewards.critic import with_defaults
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "ponder"
@@ -48,7 +49,20 @@ BAD_VALUES = {
     "rayStartParams value not a string": {"head": {"rayStartParams": {"num-gpus": 0}}},
     "unsafe extra argument": {"job": {"extraArgs": ["trainer.steps=1; rm -rf /"]}},
     "no tracking server": {"mlflow": {"enabled": False}, "tracking": {"uri": ""}},
+    "checkpoints turned off": {"config": {"checkpoint": {"every": 0}}},
+    "checkpoints without the Hugging Face export": {"config": {"checkpoint": {"export_hf": False}}},
+    "extra argument overrides a key the chart sets": {"job": {"extraArgs": ["checkpoint.every=0"]}},
+    "extra argument unpins a pool": {"job": {"extraArgs": ["reward.resources.ponder_reward=0"]}},
+    "custom resource set by hand": {"reward": {"rayStartParams": {"resources": "'{\"ponder_reward\":9}'"}}},
+    "critic group without Ray CPUs": {"critic": {"replicas": 1, "cpus": 0}},
 }
+POOLS = ("rollout", "learner", "reward")
+# Two critics on one GPU critic pod: a reward model on the GPU, a judge on CPU (each is one actor).
+CRITICS = {"critic": {"replicas": 1, "gpus": 1, "cpus": 2},
+           "config": {"reward": {"functions": [
+               {"name": "math", "weight": 1.0},
+               {"name": "reward_model", "weight": 0.5, "options": {"path": "/models/rm", "num_gpus": 1}},
+               {"name": "judge", "weight": 0.5, "options": {"path": "/models/judge", "num_cpus": 1}}]}}}
 
 
 # -- values ------------------------------------------------------------------------------------------------------------
@@ -238,10 +252,26 @@ def test_template_checks_refuse_the_install(helm_config, tmp_path):
         render(helm_config, two_ranks_one_gpu)
 
 
+@pytest.mark.parametrize("override,message", [
+    ({"critic": {"replicas": 0}}, "set critic.replicas > 0"),
+    ({"critic": {"gpus": 0}}, "does not fit a critic pod"),
+    ({"critic": {"cpus": 1}}, "more than the critic pods have"),
+    ({"config": {"reward": {"functions": [{"name": "judge", "options": {"path": "/j", "num_cpus": 0}}]}}},
+     "num_cpus must be > 0"),
+    ({"rollout": {"gpus": 0}}, "needs GPU rollout and learner pools"),
+], ids=["no critic group", "critic GPU missing", "critics overfill", "critic without CPUs", "CPU-only pools"])
+def test_critics_that_cannot_be_placed_refuse_the_install(helm_config, override, message):
+    values = coalesce(coalesce(example(CHART / "examples" / "values-8gpu.yaml"), CRITICS), override)
+    with pytest.raises(helm_sdkpy.InstallError, match=message):
+        render(helm_config, values)
+
+
 # -- rendering -------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("path", [None, *EXAMPLES], ids=lambda p: p.name if p else "defaults")
+@pytest.mark.parametrize("path", [None, *EXAMPLES, "critics"],
+                         ids=lambda p: p if isinstance(p, str) else p.name if p else "defaults")
 def test_rendered_ray_objects_match_the_kuberay_crds(helm_config, crd_validators, path):
-    values = example(path) if path else None
+    values = coalesce(example(CHART / "examples" / "values-8gpu.yaml"), CRITICS) if path == "critics" else \
+        example(path) if path else None
     for mode in ("job", "cluster"):
         objects, _ = render(helm_config, coalesce(values or {}, {"mode": mode}))
         kinds = [o["kind"] for o in objects if o["apiVersion"] == "ray.io/v1"]
@@ -288,27 +318,84 @@ def test_job_runs_the_shipped_config_with_resume(helm_config, tmp_path, path):
     assert (cfg.learner.num_ranks, cfg.learner.num_gpus) == (lr["replicas"] * lr["actorsPerPod"],
                                                              lr["gpus"] / lr["actorsPerPod"])
     assert cfg.reward.num_workers == w["replicas"] * w["actorsPerPod"]
+    # Each pool asks for one unit of its own custom resource (test_pools_are_pinned_to_their_pods).
+    assert {pool: getattr(cfg, pool).resources for pool in POOLS} == {pool: {f"ponder_{pool}": 1.0} for pool in POOLS}
+    # The final model comes from the last checkpoint in S3 (the driver is not on the learner's pod): it needs both.
+    assert cfg.checkpoint.every > 0 and cfg.checkpoint.export_hf is True
     spec = job["spec"]
     assert spec["backoffLimit"] == values["job"]["backoffLimit"] and spec["shutdownAfterJobFinishes"] is True
     assert "--resume auto" in notes
 
 
-def test_ray_cpus_match_what_the_actors_reserve(helm_config):
-    """GPU pods advertise no Ray CPU and their actors ask for none; the reward pods advertise exactly what the reward
-    actors reserve. So a reward actor can only land on a reward pod, away from the credentials on GPU pods."""
-    objects, _ = render(helm_config, example(CHART / "examples" / "values-8gpu.yaml"))
-    job = one(objects, "RayJob")
-    cfg = load_config([], entrypoint_items(job)[1])
-    groups = {g["groupName"]: g for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
-    assert job["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
-    assert groups["rollout"]["rayStartParams"]["num-cpus"] == groups["learner"]["rayStartParams"]["num-cpus"] == "0"
-    assert cfg.rollout.num_cpus == cfg.learner.num_cpus == 0
-    reward_cpus = int(groups["reward"]["rayStartParams"]["num-cpus"]) * groups["reward"]["replicas"]
-    assert reward_cpus == cfg.reward.num_workers * cfg.reward.num_cpus
+def custom_resources(value: str) -> dict:
+    """A group's `resources` start param as both readers see it, which must agree: the KubeRay operator (trims quotes
+    and spaces, then parses JSON, to add accelerators; pod.go getResourcesMap) and the shell that runs `ray start`."""
+    operator = json.loads(value.strip("'\"` "))
+    (flag,) = shlex.split(f"--resources={value}")
+    assert json.loads(flag.removeprefix("--resources=")) == operator
+    return operator
+
+
+def groups_and_config(helm_config, values: dict) -> tuple[dict, dict, object]:
+    job = one(render(helm_config, values)[0], "RayJob")
+    spec = job["spec"]["rayClusterSpec"]
+    return ({g["groupName"]: g for g in spec["workerGroupSpecs"]}, spec["headGroupSpec"],
+            load_config([], entrypoint_items(job)[1]))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_pools_are_pinned_to_their_pods(helm_config, path):
+    """Every pool group advertises its own custom resource, one unit per actor it hosts, and every pool actor asks for
+    one unit of it: each pool fills exactly its own pods, and reward actors (model-written code) land only on the
+    isolated reward pods. No other group advertises a pool's resource."""
+    values = coalesce(defaults(), example(path))
+    groups, head, cfg = groups_and_config(helm_config, example(path))
+    assert "resources" not in head["rayStartParams"]
+    counts = {"rollout": cfg.rollout.num_workers, "learner": cfg.learner.num_ranks, "reward": cfg.reward.num_workers}
+    for pool in POOLS:
+        per_pod = custom_resources(groups[pool]["rayStartParams"]["resources"])
+        assert per_pod == {f"ponder_{pool}": values[pool]["actorsPerPod"]}
+        assert per_pod[f"ponder_{pool}"] * groups[pool]["replicas"] == counts[pool]
+        assert getattr(cfg, pool).resources == {f"ponder_{pool}": 1.0}
+
+
+def test_ray_cpus_are_left_to_the_critics(helm_config):
+    """A critic's options take only num_cpus/num_gpus, no custom resource, so Ray CPUs mark where it may go: the head,
+    GPU and reward groups advertise none and their actors ask for none, and only the critic group has any. So a critic
+    can take neither a pool GPU nor a reward slot, and fits its own pod."""
+    groups, head, cfg = groups_and_config(helm_config, coalesce(example(CHART / "examples" / "values-8gpu.yaml"),
+                                                                CRITICS))
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    assert {name: g["rayStartParams"]["num-cpus"] for name, g in groups.items()} == \
+        {"rollout": "0", "learner": "0", "reward": "0", "critic": str(CRITICS["critic"]["cpus"])}
+    assert cfg.rollout.num_cpus == cfg.learner.num_cpus == cfg.reward.num_cpus == 0
+    assert "resources" not in groups["critic"]["rayStartParams"]
+    critics = [f for f in cfg.reward.functions if f.name in ("reward_model", "judge")]
+    options = [with_defaults(f.name, dict(f.options)) for f in critics]
+    assert all(o["num_cpus"] > 0 for o in options)
+    assert sum(o["num_cpus"] for o in options) <= int(groups["critic"]["rayStartParams"]["num-cpus"])
+    assert sum(o["num_gpus"] for o in options) <= int(groups["critic"]["rayStartParams"]["num-gpus"])
+    # Ray GPUs: as many as the pods' limits, all taken by the pools' actors except the critic group's.
     gpus = {name: g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)
-            * g["replicas"] for name, g in groups.items()}
-    assert gpus == {"rollout": cfg.rollout.num_workers * cfg.rollout.num_gpus,
-                    "learner": cfg.learner.num_ranks * cfg.learner.num_gpus, "reward": 0}
+            for name, g in groups.items()}
+    assert {name: int(g["rayStartParams"].get("num-gpus", 0)) for name, g in groups.items()} == gpus
+    assert {name: gpus[name] * g["replicas"] for name, g in groups.items() if name != "reward"} == \
+        {"rollout": cfg.rollout.num_workers * cfg.rollout.num_gpus,
+         "learner": cfg.learner.num_ranks * cfg.learner.num_gpus,
+         "critic": CRITICS["critic"]["gpus"] * CRITICS["critic"]["replicas"]}
+    critic_pod = groups["critic"]["template"]["spec"]["containers"][0]
+    assert "AWS_SECRET_ACCESS_KEY" in {e["name"] for e in critic_pod["env"]}  # trusted: models, extra volumes
+
+
+def test_cpu_only_pools_reserve_their_cpus(helm_config):
+    """On CPU-only pools the actors reserve cpusPerActor each and the pods advertise exactly that; reward pods none."""
+    values = coalesce(defaults(), example(CHART / "examples" / "values-cpu-test.yaml"))
+    groups, _, cfg = groups_and_config(helm_config, example(CHART / "examples" / "values-cpu-test.yaml"))
+    assert "critic" not in groups  # replicas 0: no group
+    for pool, count in (("rollout", cfg.rollout.num_workers), ("learner", cfg.learner.num_ranks)):
+        advertised = int(groups[pool]["rayStartParams"]["num-cpus"]) * groups[pool]["replicas"]
+        assert advertised == count * getattr(cfg, pool).num_cpus == count * values[pool]["cpusPerActor"]
+    assert groups["reward"]["rayStartParams"]["num-cpus"] == "0" and cfg.reward.num_cpus == 0
 
 
 def test_reward_pods_get_no_credentials_and_a_locked_down_container(helm_config):
@@ -362,6 +449,7 @@ def test_plain_manifests_match_the_crds_and_the_chart(helm_config, crd_validator
     rendered, _ = render(helm_config, coalesce(example(CHART / "examples" / "values-cpu-test.yaml"), {"mode": mode}))
     assert one(plain, kind)["spec"] == one(rendered, kind)["spec"]
     assert one(plain, "ConfigMap")["data"] == one(rendered, "ConfigMap")["data"]
+    assert one(plain, "NetworkPolicy")["spec"] == one(rendered, "NetworkPolicy")["spec"]
 
 
 def test_ray_cluster_launcher_config_matches_rays_schema():
@@ -375,4 +463,8 @@ def test_ray_cluster_launcher_config_matches_rays_schema():
     assert [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(config)] == []
     nodes = config["available_node_types"]
     assert nodes[config["head_node_type"]]["resources"] == {"CPU": 0}
-    assert all(t["resources"].get("CPU") == 0 for t in nodes.values() if t["resources"].get("GPU"))
+    assert all(t["resources"].get("CPU") == 0 for t in nodes.values())  # Ray CPUs are left to critics
+    # Each pool's node type advertises its own custom resource, as the chart's groups do (none on the head).
+    pinned = {name: [k for k in t["resources"] if k.startswith("ponder_")] for name, t in nodes.items()}
+    assert pinned == {"head": [], "rollout": ["ponder_rollout"], "learner": ["ponder_learner"],
+                      "reward": ["ponder_reward"]}

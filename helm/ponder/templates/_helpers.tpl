@@ -45,8 +45,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{/*
-Pool sizes as Ponder overrides. A GPU pool's actors ask for no Ray CPU and its pods advertise none (see
-ponder.rayStartParams), which keeps CPU-only actors off GPU pods.
+Pool sizes and placement as Ponder overrides. Every pool actor asks for one unit of its group's custom resource
+(ponder_rollout, ponder_learner, ponder_reward), which only that group's pods advertise (see ponder.rayStartParams):
+that pins each pool to its own pods. Ray CPUs are left to the critics (ponder.criticChecks): GPU and reward actors ask
+for none, and only CPU-only rollout/learner pools reserve cpusPerActor each.
 */}}
 {{- define "ponder.poolOverrides" -}}
 {{- $r := .Values.rollout -}}{{- $l := .Values.learner -}}{{- $w := .Values.reward -}}
@@ -60,10 +62,46 @@ ponder.rayStartParams), which keeps CPU-only actors off GPU pods.
 {{- $out = append $out (printf "%s.%s=%d" $name $key $count) -}}
 {{- $out = append $out (printf "%s.num_gpus=%v" $name (divf (int $p.gpus) (int $p.actorsPerPod))) -}}
 {{- $out = append $out (printf "%s.num_cpus=%d" $name (ternary 0 (int $p.cpusPerActor) (gt (int $p.gpus) 0))) -}}
+{{- $out = append $out (printf "%s.resources.ponder_%s=1" $name $name) -}}
 {{- end -}}
 {{- $out = append $out (printf "reward.num_workers=%d" (mul $w.replicas $w.actorsPerPod)) -}}
-{{- $out = append $out (printf "reward.num_cpus=%d" (int $w.cpusPerActor)) -}}
+{{- $out = append $out "reward.num_cpus=0" -}}
+{{- $out = append $out "reward.resources.ponder_reward=1" -}}
 {{- join " " $out -}}
+{{- end -}}
+
+{{/*
+Critics (reward.functions entries reward_model and judge) are actors whose options take only num_cpus and num_gpus (no
+custom resource: src/ponder/rewards/critic.py), so Ray CPUs are their pool marker: only the critic group advertises any.
+Refuse what would leave a critic unplaceable, or let it take a pool actor's place.
+*/}}
+{{- define "ponder.criticChecks" -}}
+{{- $c := .Values.critic -}}
+{{- $functions := dig "reward" "functions" list (default dict .Values.config) -}}
+{{- $cpus := 0.0 -}}{{- $gpus := 0.0 -}}
+{{- range $f := $functions -}}
+{{- if and (kindIs "map" $f) (has (toString $f.name) (list "reward_model" "judge")) -}}
+{{- $o := default dict $f.options -}}
+{{- $fc := ternary (float64 (default 0 $o.num_cpus)) 1.0 (hasKey $o "num_cpus") -}}
+{{- $fg := ternary (float64 (default 0 $o.num_gpus)) 0.0 (hasKey $o "num_gpus") -}}
+{{- if eq (int $c.replicas) 0 -}}
+{{- fail (printf "reward.functions has a %s critic: set critic.replicas > 0, its pods are the only place a critic can go" $f.name) -}}
+{{- end -}}
+{{- if or (eq (int $.Values.rollout.gpus) 0) (eq (int $.Values.learner.gpus) 0) -}}
+{{- fail (printf "the %s critic needs GPU rollout and learner pools: CPU-only pools advertise Ray CPUs, and a critic could take one that their actors need" $f.name) -}}
+{{- end -}}
+{{- if le $fc 0.0 -}}
+{{- fail (printf "the %s critic's options.num_cpus must be > 0: a critic without Ray CPUs could be placed on any pod" $f.name) -}}
+{{- end -}}
+{{- if or (gt $fc (float64 $c.cpus)) (gt $fg (float64 $c.gpus)) -}}
+{{- fail (printf "the %s critic (num_cpus %v, num_gpus %v) does not fit a critic pod (critic.cpus %v, critic.gpus %v)" $f.name $fc $fg $c.cpus $c.gpus) -}}
+{{- end -}}
+{{- $cpus = addf $cpus $fc -}}{{- $gpus = addf $gpus $fg -}}
+{{- end -}}
+{{- end -}}
+{{- if or (gt $cpus (mulf $c.replicas $c.cpus)) (gt $gpus (mulf $c.replicas $c.gpus)) -}}
+{{- fail (printf "the critics ask for %v Ray CPUs and %v GPUs, more than the critic pods have (%v and %v)" $cpus $gpus (mulf $c.replicas $c.cpus) (mulf $c.replicas $c.gpus)) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* What the chart adds to the config file: where state goes, how to join Ray, and the pool sizes. */}}
@@ -82,18 +120,35 @@ ponder.rayStartParams), which keeps CPU-only actors off GPU pods.
 
 {{/*
 The Ponder config file. Chart defaults first, the user's `config` over them: the experiment's artifacts belong to the
-tracking server (an empty artifact_location lets it choose), not to a directory in the head pod.
+tracking server (an empty artifact_location lets it choose), not to a directory in the head pod. Checkpoints are on
+(every > 0) with a Hugging Face export in each, so that the driver on the head takes the final model from the last
+checkpoint in S3 (the learner runs on another pod); the schema keeps `config` from turning either off.
 */}}
 {{- define "ponder.configYaml" -}}
-{{- $base := dict "tracking" (dict "artifact_location" "") -}}
+{{- $base := dict "tracking" (dict "artifact_location" "") "checkpoint" (dict "every" 20 "export_hf" true) -}}
 {{- toYaml (mustMergeOverwrite $base (deepCopy .Values.config)) -}}
 {{- end -}}
 
-{{/* `ray start` flags of one group: num-cpus counts the Ray CPUs its actors reserve, 0 on GPU pools. */}}
+{{/*
+`ray start` flags of one worker group. A pool group advertises its custom resource, one unit per actor it hosts, as
+the single-quoted compact JSON that KubeRay itself writes: the operator parses the value (quotes trimmed, then JSON) to
+add accelerators, and a shell runs the command. Ray CPUs: none on GPU and reward groups (critics take Ray CPUs, see
+ponder.criticChecks), what the actors reserve on CPU-only pools, `cpus` on the critic group.
+*/}}
 {{- define "ponder.rayStartParams" -}}
-{{- $p := .pool -}}
-{{- $cpus := ternary 0 (mul $p.actorsPerPod $p.cpusPerActor) (gt (int (default 0 $p.gpus)) 0) -}}
-{{- toYaml (mustMergeOverwrite (dict "num-cpus" (toString $cpus)) $p.rayStartParams) -}}
+{{- $p := .pool -}}{{- $gpus := int (default 0 $p.gpus) -}}
+{{- $params := dict -}}
+{{- if eq .group "critic" -}}
+{{- $_ := set $params "num-cpus" (toString $p.cpus) -}}
+{{- else -}}
+{{- $cpus := ternary 0 (mul $p.actorsPerPod (default 0 $p.cpusPerActor)) (or (gt $gpus 0) (eq .group "reward")) -}}
+{{- $_ := set $params "num-cpus" (toString $cpus) -}}
+{{- $_ := set $params "resources" (printf "'%s'" (toJson (dict (printf "ponder_%s" .group) (int $p.actorsPerPod)))) -}}
+{{- end -}}
+{{- if gt $gpus 0 -}}
+{{- $_ := set $params "num-gpus" (toString $gpus) -}}
+{{- end -}}
+{{- toYaml (mustMergeOverwrite $params $p.rayStartParams) -}}
 {{- end -}}
 
 {{/* Credentials for the trusted pods (head, rollout, learner). Isolated reward pods run model-written code: none. */}}
@@ -209,6 +264,7 @@ spec:
 {{/* The RayCluster spec, shared by the RayJob (mode: job) and the RayCluster (mode: cluster). */}}
 {{- define "ponder.rayClusterSpec" -}}
 {{- $root := . -}}
+{{- include "ponder.criticChecks" . -}}
 rayVersion: {{ .Values.rayVersion | quote }}
 enableInTreeAutoscaling: false
 headGroupSpec:
@@ -217,16 +273,18 @@ headGroupSpec:
   template:
     {{- include "ponder.rayPodTemplate" (dict "root" $root "group" "head" "pool" .Values.head) | nindent 4 }}
 workerGroupSpecs:
-{{- range $group := list "rollout" "learner" "reward" }}
+{{- range $group := list "rollout" "learner" "reward" "critic" }}
 {{- $p := index $root.Values $group }}
+{{- if gt (int $p.replicas) 0 }}
   # Fixed size: the pools are sized by the chart's overrides, so the autoscaler has nothing to decide.
   - groupName: {{ $group }}
     replicas: {{ $p.replicas }}
     minReplicas: {{ $p.replicas }}
     maxReplicas: {{ $p.replicas }}
     rayStartParams:
-      {{- include "ponder.rayStartParams" (dict "pool" $p) | nindent 6 }}
+      {{- include "ponder.rayStartParams" (dict "pool" $p "group" $group) | nindent 6 }}
     template:
       {{- include "ponder.rayPodTemplate" (dict "root" $root "group" $group "pool" $p) | nindent 6 }}
+{{- end }}
 {{- end }}
 {{- end -}}
