@@ -29,7 +29,7 @@ demo: setup
 	$(BIN)/ponder train $(CONFIG)
 
 test: setup
-	$(BIN)/python -m pytest -q --timeout=1800
+	$(BIN)/python -m pytest -q --timeout=1800 --durations=15
 
 test-unit: setup
 	$(BIN)/python -m pytest -q -m "not integration and not e2e"

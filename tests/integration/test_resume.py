@@ -4,7 +4,8 @@ The straight run checkpoints to a local directory, the interrupted one to a real
 loopback). On these CPUs everything the learner does is deterministic, so the resumed weights are expected to be
 bitwise equal to the straight run's; the tolerance below is what the test holds them to. vLLM's samples are seeded
 per (run seed, step, prompt, sample) and the engines load the same weights, so the responses are expected to agree
-too; the test asserts the data order (prompts of every step) and reports how many responses matched.
+too; the test asserts the data order (prompts of every step) and reports how many responses matched. The straight
+run is also checked as MLflow's record of itself: lineage tags, checkpoint URI, registered model, `ponder eval --run`.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def test_killed_and_resumed_equals_straight(tiny_model_dir, tmp_path, s3_env):
     from safetensors.torch import load_file
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run(overrides(tiny_model_dir, straight))
+    proc = run(overrides(tiny_model_dir, straight) + ["tracking.registered_model=tiny-policy"])
+    check_system_of_record(straight, proc.stdout)
 
     bucket = "s3://ckpt/resume-test"
     interrupted = overrides(tiny_model_dir, resumed) + [f"checkpoint.dir={bucket}"]
@@ -130,22 +132,20 @@ def test_killed_and_resumed_equals_straight(tiny_model_dir, tmp_path, s3_env):
     print(f"responses equal in the straight and the resumed run: {matched}/{4 * 8}; max weight difference {worst}")
 
 
-def test_the_run_is_the_system_of_record(tiny_model_dir, tmp_path):
+def check_system_of_record(out: Path, stdout: str) -> None:
     """Lineage tags, the checkpoint's URI and the registered model are on the run; `ponder eval --run` finds it."""
     import mlflow
 
-    out = tmp_path / "run"
-    proc = run(overrides(tiny_model_dir, out) + ["trainer.steps=2", "tracking.registered_model=tiny-policy"])
     run_id = the_run(out).run_id
-    assert f"registered model: tiny-policy/1 (`ponder eval --run {run_id}`)" in proc.stdout
+    assert f"registered model: tiny-policy/1 (`ponder eval --run {run_id}`)" in stdout
     tags = mlflow.tracking.MlflowClient().get_run(run_id).data.tags
     assert tags["ponder.dataset.train"] == "embedded:arithmetic" and len(tags["ponder.dataset.train.sha256"]) == 64
     assert tags["ponder.dataset.eval.rows"] == "8"
     assert re.fullmatch(r"weight=1.0 version=[0-9a-f]{12}", tags["ponder.reward.math"])
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown", tags["mlflow.source.git.commit"])
-    assert tags["ponder.version"] and tags["ponder.checkpoint.latest"] == f"{out}/checkpoints/step_00000002"
+    assert tags["ponder.version"] and tags["ponder.checkpoint.latest"] == f"{out}/checkpoints/step_00000004"
     versions = mlflow.tracking.MlflowClient().search_model_versions(f"run_id = '{run_id}'")
-    assert [(v.name, v.version) for v in versions] == [("tiny-policy", "1")]
+    assert [(v.name, str(v.version)) for v in versions] == [("tiny-policy", "1")]
 
     evaluated = subprocess.run([PONDER, "eval", "--run", run_id, f"tracking.uri=sqlite:///{out}/m.db",
                                 "eval.prompts=8", "eval.k=2", "rollout.max_tokens=16", "rollout.max_model_len=512",

@@ -1,16 +1,18 @@
-"""The trajectory buffer: finished, scored groups waiting between the rollout actors and the learner.
+"""The trajectory buffer: finished groups waiting between the rollout actors and the learner, scored on the way.
 
-Rollout actors `put` each finished group as two refs — its scored trajectories and their `ScoreReport` — with its
-`GroupMeta`; the driver `take`s a training batch of whole groups as refs and hands them to the learner ranks, so the
-trajectories themselves never pass through the driver. The group is the unit throughout (GRPO normalises within it).
+Rollout actors `put` each finished group with its `GroupMeta` and the reward actor to score it; the buffer asks that
+actor to score it and holds the two refs that come back (the scored trajectories and their `ScoreReport`). The driver
+`take`s a training batch of whole groups as refs and hands them to the learner ranks, so the trajectories never pass
+through the driver. The buffer, not the engine, owns those refs: they outlive an engine that dies. The group is the
+unit throughout (GRPO normalises within it).
 
 The buffer owns the streaming pipeline's accounting (`Ledger`): every generated sample is trained on or dropped with a
 reason — `stale` (older than `max_staleness` versions when its step came), `zero_variance` (dynamic sampling: all
 rewards equal, so zero advantage), `reward_error` (a failed reward masked it), `run_ended` (still here at the end).
 It is bounded by the producer's credit (platform/pipeline.py): no more than (max_staleness + 2) steps of groups are
 ever alive. A threaded actor (Ray is applied in platform/cluster.py); a reward that raised surfaces from `take`. A group
-whose reward actor died while scoring it is un-counted and handed back to the pipeline (`take_lost`) to be generated
-again, so that it is neither lost nor counted twice.
+whose reward actor died while scoring it is scored again once Ray has restarted the actor (`ft/groups_rescored`); a
+group put twice (an engine's re-issued work that had arrived after all) is counted once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from ponder.types import GroupMeta, ScoreReport
 
 DROP_REASONS = ("stale", "zero_variance", "reward_error", "run_ended")
+RESCORE_WAIT_S = 600.0  # how long a group waits for its restarted reward actor before the run fails
 
 
 class Ledger:
@@ -88,28 +91,23 @@ class TrajectoryBuffer:
         self.max_staleness, self.dynamic_sampling = max_staleness, dynamic_sampling
         self.ledger = Ledger()
         self._lock = threading.Lock()
-        self._scoring: list[tuple[GroupMeta, object, object]] = []  # (meta, scored ref, report ref): being scored
+        self._scoring: list[_Scoring] = []  # asked to be scored, not yet back
         self._ready: list[tuple[GroupMeta, object, ScoreReport]] = []  # scored and kept, in arrival order
-        self._delivered: set[int] = set()  # group ids put here (and not lost since)
-        self._lost: list[int] = []  # groups whose reward actor died while scoring them: to be generated again
+        self._delivered: set[int] = set()  # group ids put here
+        self.rescored = 0
 
-    def put(self, meta: GroupMeta, refs: list) -> None:
-        scored, report = refs
+    def put(self, meta: GroupMeta, group: list, reward) -> None:
         with self._lock:
-            self._scoring.append((meta, scored, report))
+            if meta.group_id in self._delivered:
+                return  # re-issued after its engine was restarted, but the first one had arrived: keep one
             self._delivered.add(meta.group_id)
             self.ledger.generated(meta.num_samples)
+            self._scoring.append(_Scoring(meta, group, reward, time.monotonic()))
 
     def delivered(self, group_ids: list[int]) -> set[int]:
         """Which of these groups reached the buffer (a restarted engine's others are generated again)."""
         with self._lock:
             return self._delivered.intersection(group_ids)
-
-    def take_lost(self) -> list[int]:
-        """Groups whose reward actor died mid-scoring since the last call; they were uncounted, to be re-issued."""
-        with self._lock:
-            lost, self._lost = self._lost, []
-            return lost
 
     def take(self, num_groups: int, step: int, timeout_s: float) -> Batch | None:
         """`num_groups` groups for training step `step` (the learner then holds version step - 1), oldest weights
@@ -142,38 +140,43 @@ class TrajectoryBuffer:
         stale = [self.staleness(meta, step) for meta, _, _ in taken]
         metrics = {"pipeline/staleness_mean": sum(stale) / len(stale), "pipeline/staleness_max": float(max(stale)),
                    "pipeline/buffered_groups": float(len(self._ready)),
-                   "pipeline/scoring_groups": float(len(self._scoring)), **self.ledger.as_metrics()}
+                   "pipeline/scoring_groups": float(len(self._scoring)), "ft/groups_rescored": float(self.rescored),
+                   **self.ledger.as_metrics()}
         for name, value in sum((Counter(r.counts) for _, _, r in taken), Counter()).items():
             metrics[name] = float(value)
         return Batch(refs=[scored for _, scored, _ in taken], metas=[meta for meta, _, _ in taken], metrics=metrics)
 
     def _collect_scored(self, wait_s: float) -> None:
-        """Move groups whose reward has arrived to the ready list (or drop them: dynamic sampling)."""
+        """Move groups whose reward has arrived to the ready list (or drop them: dynamic sampling); score again those
+        whose reward actor died."""
         import ray
 
         with self._lock:
-            pending = [report for _, _, report in self._scoring]
+            for g in self._scoring:
+                g.resubmit_if_due()
+            pending = [g.report for g in self._scoring if g.report is not None]
         if not pending:
             time.sleep(wait_s)
             return
         ray.wait(pending, num_returns=1, timeout=wait_s, fetch_local=False)
         done, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
-        if not done:
-            return
         reports = {ref: _report(ref) for ref in done}  # a reward function's exception surfaces here, with its cause
         with self._lock:
             still = []
-            for meta, scored, ref in self._scoring:
-                if ref not in reports:
-                    still.append((meta, scored, ref))
-                elif reports[ref] is None:  # its reward actor died: not generated as far as the ledger knows
-                    self.ledger.generated(-meta.num_samples)
-                    self._delivered.discard(meta.group_id)
-                    self._lost.append(meta.group_id)
-                elif self.dynamic_sampling and reports[ref].zero_variance:
-                    self.ledger.dropped("zero_variance", meta.num_samples)
+            for g in self._scoring:
+                if g.report is None or g.report not in reports:
+                    still.append(g)
+                elif reports[g.report] is None:  # its reward actor died or is restarting: ask it again
+                    if time.monotonic() - g.since > RESCORE_WAIT_S:
+                        raise RuntimeError(f"group {g.meta.group_id}: its reward actor did not come back in "
+                                           f"{RESCORE_WAIT_S:.0f} s")
+                    g.score_again()
+                    self.rescored += 1
+                    still.append(g)
+                elif self.dynamic_sampling and reports[g.report].zero_variance:
+                    self.ledger.dropped("zero_variance", g.meta.num_samples)
                 else:
-                    self._ready.append((meta, scored, reports[ref]))
+                    self._ready.append((g.meta, g.scored, reports[g.report]))
             self._scoring = still
 
     def counts(self) -> dict[str, float]:
@@ -183,14 +186,31 @@ class TrajectoryBuffer:
     def close(self) -> dict[str, float]:
         """End of training: whatever is still here is dropped as `run_ended`; returns the final accounting."""
         with self._lock:
-            for meta, *_ in self._scoring + self._ready:
+            for meta in [g.meta for g in self._scoring] + [meta for meta, _, _ in self._ready]:
                 self.ledger.dropped("run_ended", meta.num_samples)
             self._scoring, self._ready = [], []
             return self.ledger.as_metrics()
 
 
+class _Scoring:
+    """A group being scored: its refs, and what it takes to ask again (no sooner than a second after a failure)."""
+
+    def __init__(self, meta: GroupMeta, group: list, reward, since: float):
+        self.meta, self.group, self.reward, self.since = meta, group, reward, since
+        self.retry_at = 0.0
+        self.scored, self.report = self.reward.score.options(num_returns=2).remote(self.group)
+
+    def score_again(self) -> None:
+        self.scored, self.report = None, None
+        self.retry_at = time.monotonic() + 1.0
+
+    def resubmit_if_due(self) -> None:
+        if self.report is None and time.monotonic() >= self.retry_at:
+            self.scored, self.report = self.reward.score.options(num_returns=2).remote(self.group)
+
+
 def _report(ref) -> ScoreReport | None:
-    """The group's ScoreReport, or None if the reward actor scoring it died (Ray restarts it; the group is redone)."""
+    """The group's ScoreReport, or None if the reward actor scoring it died or is being restarted."""
     import ray
     from ray.exceptions import RayActorError
 

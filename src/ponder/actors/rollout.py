@@ -140,12 +140,11 @@ class RolloutWorker:
 
     def stream(self, requests: list[RolloutRequest], sampling: Sampling, min_version: int, rewards: list,
                buffer) -> None:
-        """Generate in the background. Each finished group goes to a reward actor (round-robin by group id) and then,
-        as refs, into `buffer`: the scored group and its `ScoreReport` never pass through the driver."""
+        """Generate in the background. Each finished group goes into `buffer` with the reward actor to score it
+        (round-robin by group id); the buffer asks for the score, so the refs it keeps outlive this engine, and the
+        trajectories never pass through the driver."""
         def emit(group: list[Trajectory]) -> None:
-            reward = rewards[group[0].group_id % len(rewards)]
-            scored, report = reward.score.options(num_returns=2).remote(group)
-            buffer.put.remote(group_meta(group), [scored, report])  # nested refs stay refs
+            buffer.put.remote(group_meta(group), group, rewards[group[0].group_id % len(rewards)])
 
         self._check()
         self._inbox.put(_Submission(requests, sampling, min_version, emit))

@@ -90,6 +90,7 @@ class CheckpointStore:
     def save(self, step: int, local_dir: Path, meta: dict[str, Any]) -> str:
         """Upload every file under `local_dir` as the checkpoint of `step`; returns its name once it is complete."""
         name = checkpoint_name(step)
+        self.storage.delete_prefix(f"{name}/")  # a step saved again (resumed from an earlier one) starts incomplete
         files = {}
         for path in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
             relative = path.relative_to(local_dir).as_posix()
@@ -136,6 +137,15 @@ class CheckpointStore:
                                       f"{digest[:12]}…, the manifest says {expected['bytes']} bytes, "
                                       f"{expected['sha256'][:12]}…")
         return manifest
+
+    def discard_after(self, name: str) -> list[str]:
+        """Delete the checkpoints newer than `name` (a run resumed from an earlier one abandons them); their names."""
+        newer = [n for n in self.complete() if n > name]
+        for n in newer:
+            self.storage.delete_prefix(f"{n}/")
+        if newer:
+            self.storage.put_text(LATEST, name)
+        return newer
 
     def clear(self) -> None:
         """Remove every checkpoint under the root (complete or not) and the `latest` pointer."""

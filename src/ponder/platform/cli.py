@@ -92,6 +92,8 @@ def resolve_resume(cfg: PonderConfig, spec: str | None):
                 uri = checkpoint_of_run(cfg.tracking, spec)  # LookupError: neither a path nor a known run id
             target, name = locate(uri, c.endpoint_url, c.keep_last)
             meta = target.store().manifest(name)["meta"]
+            for newer in target.store().discard_after(name):
+                print(f"note: going on from {name}: removed the later checkpoint {target.uri(newer)}")
     except (CheckpointError, LookupError) as e:
         raise UsageError(f"--resume {spec}: {e}") from None
     print(f"resuming run {meta['run_id']} from {target.uri(name)} (step {meta['step']})")

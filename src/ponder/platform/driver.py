@@ -37,8 +37,9 @@ from ponder.platform.config import PonderConfig, flatten, to_yaml
 from ponder.platform.lineage import lineage_tags
 from ponder.platform.pipeline import Schedule, StreamingRollouts
 from ponder.platform.plots import plot_curves
-from ponder.platform.recovery import LearnerLost, Rewards, Rollouts, on_learners
+from ponder.platform.recovery import NeedsCheckpoint, Rewards, Rollouts, on_learners
 from ponder.platform.tracking import CHECKPOINT_DIR_TAG, FINAL_MODEL, LATEST_CHECKPOINT_TAG, Tracker
+from ponder.types import WeightsVersion
 
 
 class TrainingStopped(RuntimeError):
@@ -78,9 +79,11 @@ class TrainResult:
     resumed_from: list[str] = field(default_factory=list)  # checkpoints this run went on from
 
 
-def train(cfg: PonderConfig, target: CheckpointTarget, start: Optional[str] = None,
+def train(cfg: PonderConfig, target: Optional[CheckpointTarget] = None, start: Optional[str] = None,
           run_id: Optional[str] = None) -> TrainResult:
-    """Train, writing checkpoints to `target`; with `start` (a checkpoint name there) go on from it in run `run_id`."""
+    """Train, writing checkpoints to `target` (default: checkpoint.dir); with `start` (a checkpoint name there) go on
+    from it in run `run_id`."""
+    target = target or CheckpointTarget.of(cfg.checkpoint, cfg.trainer.output_dir)
     train_set = load_problems(cfg.data.train, "train", cfg.data.task)
     eval_set = load_problems(cfg.data.eval, "eval", cfg.data.task)[: cfg.trainer.eval_prompts]
     tracker = Tracker(cfg.tracking, flatten(cfg), to_yaml(cfg), run_id=run_id)
@@ -94,7 +97,7 @@ def train(cfg: PonderConfig, target: CheckpointTarget, start: Optional[str] = No
             try:
                 run_attempt(cfg, tracker, target, start, train_set, eval_set, result)
                 break
-            except LearnerLost as lost:
+            except NeedsCheckpoint as lost:
                 start = target.store().latest()
                 where = target.uri(start) if start else "none (no checkpoint was completed)"
                 if not (cfg.ft.auto_resume and start and attempt < cfg.ft.max_auto_resumes):
@@ -102,7 +105,8 @@ def train(cfg: PonderConfig, target: CheckpointTarget, start: Optional[str] = No
                         f"{lost}\nThe run stopped. Last complete checkpoint: {where}. Continue with `ponder train "
                         f"<same config> --resume auto` (or --resume {tracker.run_id})"
                         + (" or set ft.auto_resume=true" if not cfg.ft.auto_resume else "")) from lost
-                tqdm.write(f"learner died; auto-resuming from {where} ({attempt + 1}/{cfg.ft.max_auto_resumes})")
+                tqdm.write(f"{str(lost).splitlines()[0]}; auto-resuming from {where} "
+                           f"({attempt + 1}/{cfg.ft.max_auto_resumes})")
         status = "FINISHED"
         return result
     except KeyboardInterrupt:
@@ -129,11 +133,14 @@ def run_attempt(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, s
                 state = DriverState.from_json(on_learners(learners, lambda rank: rank.load_checkpoint.remote(
                     target, start))[0])
                 state.last_step, state.config = t.steps, to_yaml(cfg)  # a resumed run may be given more steps
-                rollouts.push(on_learners(learners, lambda rank: rank.publish_weights.remote(state.step))[0])
             result.history, result.evals = state.history, state.evals
             loop = Loop.of(cfg, cluster, rollouts, rewards, learners, train_set, state)
+            if start is not None:  # every engine serves the restored weights before the first step
+                result.checkpoint = target.uri(start)
+                loop.load(on_learners(learners, lambda rank: rank.publish_weights.remote(state.step))[0])
 
             def evaluate(step: int) -> None:  # waits for every engine to serve the weights of `step`
+                loop.settle()
                 scored = rollout_and_score(rollouts, rewards, eval_set, cfg.data.template, greedy, cfg.seed, step)
                 # wall-clock of training so far, evaluation excluded: what "time to +N points" is measured in
                 elapsed = sum(h["time/step"] for h in state.history)  # up to and including `step`
@@ -191,11 +198,13 @@ def export_final_model(cfg: PonderConfig, target: CheckpointTarget, checkpoint: 
 
 
 class Loop:
-    """The configured mode's step (step -> (metrics, scored refs)), what a checkpoint saves of it, and its final
-    accounting."""
+    """The configured mode's step (step -> (metrics, scored refs)), what a checkpoint saves of it, its final
+    accounting, how a resumed run's weights reach the engines before the first step, and how evaluation waits for the
+    engines to hold the newest weights."""
 
-    def __init__(self, step: Callable, snapshot: Callable[[DriverState], DriverState], close: Callable[[], dict]):
-        self.step, self.snapshot, self.close = step, snapshot, close
+    def __init__(self, step: Callable, snapshot: Callable[[DriverState], DriverState], close: Callable[[], dict],
+                 load: Callable[[WeightsVersion], None], settle: Callable[[], None] = lambda: None):
+        self.step, self.snapshot, self.close, self.load, self.settle = step, snapshot, close, load, settle
 
     @classmethod
     def of(cls, cfg: PonderConfig, cluster: Cluster, rollouts: Rollouts, rewards: Rewards, learners: list,
@@ -227,7 +236,7 @@ class Loop:
         if cfg.pipeline.mode == "sync":
             ledger = Ledger.of(state.accounting)
             step = with_restarts(lambda k: grpo_step(rollouts, rewards, learners, prompt_batch(k), sampling, k, ledger))
-            return cls(step, snapshot(ledger.as_metrics, lambda s: s.step), ledger.as_metrics)
+            return cls(step, snapshot(ledger.as_metrics, lambda s: s.step), ledger.as_metrics, rollouts.push)
         schedule = Schedule.of(cfg.pipeline)
         buffer = cluster.buffer(schedule.max_staleness, cfg.pipeline.dynamic_sampling)
         pipeline = StreamingRollouts(schedule, prompt_batch, rollouts.actors, rewards.actors, buffer, sampling,
@@ -242,7 +251,8 @@ class Loop:
         return cls(with_restarts(lambda k: streaming_step(pipeline, learners, k)),
                    snapshot(lambda: merge_counts([earlier, ray.get(buffer.counts.remote())]),
                             lambda s: pipeline.batches_submitted),
-                   lambda: merge_counts([earlier, pipeline.close()]))
+                   lambda: merge_counts([earlier, pipeline.close()]), pipeline.load,
+                   lambda: rollouts.adopt(pipeline.settle()))
 
 
 def grpo_step(rollouts: Rollouts, rewards: Rewards, learners: list, requests: list, sampling: Sampling, step: int,

@@ -8,14 +8,14 @@ ends up older than the bound. The engines score and deliver groups themselves; t
 
 Modes: `one_step_off` = bound 1, updates wait for in-flight samples to finish; `async` = the configured bound, and
 with `partial_rollouts` an update lands at the engines' next decode step (in-flight samples continue on it).
-A rollout engine that dies or comes back from a restart gets the newest weights and its undelivered groups again; a
-group whose reward actor died mid-scoring is generated again (`_recover_lost`).
-Talks to the rollout actors (stream, load_weights, stats) and the buffer actor (take, counts, delivered, take_lost,
-close).
+A rollout engine that dies or comes back from a restart gets the newest weights and its undelivered groups again
+(`_recover_lost`); the buffer scores again a group whose reward actor died.
+Talks to the rollout actors (stream, load_weights, stats) and the buffer actor (take, counts, delivered, close).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,8 +26,11 @@ from ponder.actors.buffer import Batch
 from ponder.actors.rollout import Sampling
 from ponder.data.stream import split_even
 from ponder.platform.config import PipelineConfig
-from ponder.platform.recovery import ActorFanout, ActorRestarted
+from ponder.platform.recovery import ActorFanout, ActorRestarted, reload
 from ponder.types import RolloutRequest, WeightsVersion
+
+
+STALL_S = 900.0  # no group arriving for this long while a batch is awaited: the run stops and says so
 
 
 class PipelineError(RuntimeError):
@@ -69,10 +72,17 @@ class StreamingRollouts:
 
     def next_batch(self, step: int, poll_s: float = 0.5) -> Batch:
         self._fill(step)
-        refills = 0
+        refills, progress, since = 0, None, time.monotonic()
         while (batch := ray.get(self.buffer.take.remote(self.groups_per_step, step, poll_s))) is None:
             self._recover_lost()
             refills += self._fill(step)  # only dropped groups make room for more
+            counts = ray.get(self.buffer.counts.remote())
+            if (counts["samples/generated"], counts["groups/dropped"]) != progress:
+                progress, since = (counts["samples/generated"], counts["groups/dropped"]), time.monotonic()
+            elif time.monotonic() - since > STALL_S:
+                raise PipelineError(f"step {step}: no group reached the buffer in {STALL_S:.0f} s although "
+                                    f"{self.groups_per_step} are needed; the rollout actors' logs (Ray's session log "
+                                    "directory, or cluster.log_to_driver=true) say why")
             if refills > self.schedule.max_refill_batches:
                 counts = ray.get(self.buffer.counts.remote())
                 raise PipelineError(
@@ -109,9 +119,9 @@ class StreamingRollouts:
         self.rollouts[engine].stream.remote(requests, self.sampling, min_version, self.rewards, self.buffer)
 
     def _recover_lost(self) -> None:
-        """Re-issue what died: the undelivered groups of an engine that died or came back from a restart (it lost
-        them and its weights), and groups whose reward actor died while scoring them (the buffer hands them back).
-        Seeds are per (step, prompt, sample): a re-issued group samples what the lost one would have."""
+        """Re-issue the undelivered groups of an engine that died or came back from a restart (it lost them and its
+        weights). Seeds are per (step, prompt, sample): a re-issued group samples what the lost one would have. (A
+        group whose reward actor died is scored again by the buffer.)"""
         for engine, worker in enumerate(self.rollouts):
             try:
                 restarted = ray.get(worker.stats.remote())["pid"] != self._pids[engine]
@@ -120,10 +130,12 @@ class StreamingRollouts:
                 restarted, error = True, e
             if restarted:
                 self.fanout.recover(engine, error)  # waits for it and gives it the current weights
-                self._pids[engine] = ray.get(worker.stats.remote())["pid"]
+                pid = ray.get(worker.stats.remote())["pid"]
+                if pid == self._pids[engine]:
+                    continue  # only unreachable for a moment: it still holds its work
+                self._pids[engine] = pid
                 owned = [gid for gid, (owner, _, _) in self._sent.items() if owner == engine]
                 self._reissue(sorted(set(owned) - ray.get(self.buffer.delivered.remote(owned))))
-        self._reissue([gid for gid in ray.get(self.buffer.take_lost.remote()) if gid in self._sent])
 
     def _reissue(self, group_ids: list[int]) -> None:
         self.reissued += len(group_ids)
@@ -131,17 +143,28 @@ class StreamingRollouts:
             engine, request, min_version = self._sent[gid]
             self._stream(engine, [request], min_version)
 
+    def settle(self) -> WeightsVersion | None:
+        """Wait until every engine serves the newest pushed weights (an engine that died gets them again); returns
+        them. Held-out evaluation in the streaming modes starts from here."""
+        try:
+            ray.get(self._acks)
+        except RayActorError:
+            self._recover_lost()
+        self._acks = []
+        return self._weights
+
+    def load(self, handle: WeightsVersion) -> None:
+        """Every engine serves `handle` before this returns (a resumed run's restored weights)."""
+        ray.get([w.load_weights.remote(handle) for w in self.rollouts])
+        self._weights = handle
+
     def _reload(self, worker) -> None:
-        if self._weights is not None:
-            ray.get(worker.load_weights.remote(self._weights))
+        reload(worker, self._weights)
 
     def push(self, handle: WeightsVersion) -> None:
         """Hand new weights to every engine without waiting for them to load (a refused push raises at the next one).
         Engines verify off their decode thread and pause decoding only for the reload itself."""
-        try:
-            ray.get(self._acks)
-        except RayActorError:
-            self._recover_lost()  # an engine died: it is back with these weights and its groups again
+        self.settle()
         self._weights = handle
         self._acks = [w.load_weights.remote(handle, self.schedule.interrupt) for w in self.rollouts]
 

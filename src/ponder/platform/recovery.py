@@ -13,18 +13,17 @@ with the last complete checkpoint named, or resumes from it (`ft.auto_resume`).
 
 from __future__ import annotations
 
-import itertools
 import time
 from typing import Callable, Optional
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from ponder.data.stream import split_even
 from ponder.types import WeightsVersion
 
 RESTART_TIMEOUT_S = 600.0  # a restarted vLLM engine loads its model again; a verifier pool runs its self-tests
-FAST_FAILURES = 10  # pings that fail at once, 1 s apart, before an actor counts as gone for good
+FAST_FAILURES = 10  # pings answered "died", 1 s apart, before an actor counts as gone for good
 
 
 class ActorFailed(RuntimeError):
@@ -35,8 +34,26 @@ class ActorRestarted(RuntimeError):
     """An actor's answer shows it was restarted while idle (a fresh engine serves the initial weights)."""
 
 
-class LearnerLost(RuntimeError):
+class NeedsCheckpoint(RuntimeError):
+    """What only a restart of every actor from the last checkpoint repairs (or `ft.auto_resume` does for us)."""
+
+
+class LearnerLost(NeedsCheckpoint):
     """A learner rank died (process killed, out of memory, node lost); its cause is chained."""
+
+
+class WeightSyncLost(NeedsCheckpoint):
+    """A restarted rollout engine cannot rejoin the learner's NCCL group, which was made with its dead predecessor."""
+
+
+def reload(engine, weights: Optional[WeightsVersion]) -> None:
+    """Give a restarted engine the weights it must serve (it came back with the initial model)."""
+    if weights is None:
+        return
+    if weights.path == "nccl":
+        raise WeightSyncLost("a rollout engine was restarted, and with rollout.weight_sync=nccl it cannot rejoin the "
+                             "learner's NCCL group")
+    ray.get(engine.load_weights.remote(weights))
 
 
 class ActorFanout:
@@ -75,25 +92,31 @@ class ActorFanout:
 
     def recover(self, index: int, error: Exception) -> None:
         """Wait for Ray to restart actor `index`, then ready it for work."""
-        if getattr(error, "actor_init_failed", False):  # its constructor raised: a restart would raise again
+        if getattr(error, "actor_init_failed", False):  # its constructor raised: Ray does not restart it
             raise ActorFailed(f"{self.name} actor {index} could not start; cause:\n{error}") from error
         if self.lives[index] >= self.max_restarts:
             raise ActorFailed(f"{self.name} actor {index} died after {self.lives[index]} restarts "
                               f"(ft.max_actor_restarts={self.max_restarts}); cause:\n{error}") from error
         self.lives[index] += 1
-        actor, deadline = self.actors[index], time.monotonic() + RESTART_TIMEOUT_S
-        for attempt in itertools.count(1):
-            # A call made while Ray restarts the actor waits for it (up to the deadline). One made before Ray has
-            # noticed the death fails at once, so ask again, a few times: an actor Ray gave up on fails at once, always.
+        actor, deadline, died = self.actors[index], time.monotonic() + RESTART_TIMEOUT_S, 0
+        while True:
+            # While Ray restarts the actor a call fails at once with ActorUnavailableError: ask again until the
+            # deadline (a vLLM engine loads its model again). ActorDiedError means Ray has given it up, unless Ray has
+            # not yet seen the death the caller saw: allow a few of those.
             try:
                 ray.get(self.ping(actor), timeout=max(1.0, deadline - time.monotonic()))
-                break
+                self.on_restart(actor)
+                return
+            except (ActorUnavailableError, GetTimeoutError) as again:
+                cause: Exception = again
             except RayActorError as again:
-                if getattr(again, "actor_init_failed", False) or attempt >= FAST_FAILURES or \
-                        time.monotonic() > deadline:
-                    raise ActorFailed(f"{self.name} actor {index} died and did not come back:\n{again}") from again
-                time.sleep(1.0)
-        self.on_restart(actor)
+                cause, died = again, died + 1
+                if getattr(again, "actor_init_failed", False) or died >= FAST_FAILURES:
+                    break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        raise ActorFailed(f"{self.name} actor {index} died and did not come back:\n{cause}") from cause
 
     @property
     def restarts(self) -> int:
@@ -125,9 +148,12 @@ class Rollouts:
         self.weights = handle
         self.fanout.run(lambda actor, _: (None, actor.load_weights.remote(handle)), [None] * len(self.actors))
 
+    def adopt(self, handle: Optional[WeightsVersion]) -> None:
+        """Weights every engine already serves (pushed by the streaming pipeline): what a restarted one gets."""
+        self.weights = handle
+
     def _reload(self, actor) -> None:
-        if self.weights is not None:
-            ray.get(actor.load_weights.remote(self.weights))
+        reload(actor, self.weights)
 
 
 class Rewards:
@@ -153,4 +179,22 @@ def on_learners(learners: list, call: Callable[[object], object]) -> list:
             ray.get(ready[0])
         except RayActorError as e:
             raise LearnerLost(f"a learner rank died: {e}") from e
+        except RayTaskError:
+            # A rank whose peer died can fail first (gloo: connection reset by peer): blame the death if there is one.
+            death = _death_among(pending, wait_s=10.0)
+            if death is not None:
+                raise LearnerLost(f"a learner rank died: {death}") from death
+            raise
     return ray.get(refs)
+
+
+def _death_among(refs: list, wait_s: float) -> Optional[RayActorError]:
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait_s)
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except RayActorError as e:
+            return e
+        except RayTaskError:
+            continue
+    return None

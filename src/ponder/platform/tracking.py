@@ -97,9 +97,9 @@ def _run(cfg: TrackingConfig, run_id: str):
 
 
 def checkpoint_of_run(cfg: TrackingConfig, run_id: str) -> str:
-    """The URI of the run's latest checkpoint (or its checkpoint root if it finished none)."""
+    """The run's checkpoint root (its store knows the latest complete checkpoint better than a tag written after it)."""
     tags = _run(cfg, run_id).data.tags
-    uri = tags.get(LATEST_CHECKPOINT_TAG) or tags.get(CHECKPOINT_DIR_TAG)
+    uri = tags.get(CHECKPOINT_DIR_TAG) or tags.get(LATEST_CHECKPOINT_TAG)
     if not uri:
         raise LookupError(f"MLflow run {run_id} has no checkpoints recorded (tag {LATEST_CHECKPOINT_TAG})")
     return uri
