@@ -52,8 +52,10 @@ class CheckpointTarget:
 
     @classmethod
     def of(cls, cfg: CheckpointConfig, output_dir: str) -> "CheckpointTarget":
-        """The configured root; by default `<output_dir>/checkpoints`."""
-        return cls(cfg.dir or f"{output_dir}/checkpoints", cfg.endpoint_url, cfg.keep_last)
+        """The configured root; by default `<output_dir>/checkpoints`. Local roots are made absolute: MLflow records
+        them for `--resume RUN_ID` from anywhere."""
+        root = cfg.dir or f"{output_dir}/checkpoints"
+        return cls(root if root.startswith("s3://") else str(Path(root).resolve()), cfg.endpoint_url, cfg.keep_last)
 
     def store(self) -> "CheckpointStore":
         return CheckpointStore(open_storage(self.url, self.endpoint_url), self.keep_last)
