@@ -65,8 +65,8 @@ def test_grpo_raises_heldout_reward(mode, warm_start, tmp_path):
 
 def test_code_task_trains_with_the_sandbox_reward(tmp_path):
     """configs/code.yaml end to end: the code reward runs every sample in the bubblewrap sandbox, each step.
-    The plumbing is what is checked (every sample scored, none masked, per-reward metrics logged); the tiny model's
-    warm start already passes most held-out tests, so no learning gain is asserted."""
+    The plumbing is what is checked (every sample scored, none masked, per-reward metrics logged, programs that pass);
+    three steps of this tiny model show no reliable learning gain, so none is asserted."""
     overrides = [f"tiny_model.out_dir={tmp_path}/init", f"sft.init_dir={tmp_path}/init", f"sft.out_dir={tmp_path}/sft",
                  f"model.path={tmp_path}/sft", "sft.steps=80", "trainer.steps=3", "trainer.eval_every=3",
                  "trainer.eval_prompts=32", "trainer.prompts_per_step=16", "trainer.save_final_model=false",
@@ -87,4 +87,7 @@ def test_code_task_trains_with_the_sandbox_reward(tmp_path):
     for step in range(3):
         assert client.get_metric_history(run.run_id, "reward/masked")[step].value == 0.0
     code_term = [m.value for m in client.get_metric_history(run.run_id, "rollout/reward/code")]
-    assert len(code_term) == 3 and all(0.0 < v <= 1.0 for v in code_term)  # sandboxed programs pass tests
+    assert len(code_term) == 3 and all(0.0 <= v <= 1.0 for v in code_term)
+    # Sandboxed programs pass tests: greedy held-out answers do, through the same reward actors. (Samples at
+    # temperature 1 from this 80-step warm start pass rarely, ~0.5 % of test cases per step here: a step may see none.)
+    assert client.get_metric_history(run.run_id, "eval/accuracy")[0].value > 0.05
