@@ -102,7 +102,7 @@ class TrajectoryBuffer:
                 return  # re-issued after its engine was restarted, but the first one had arrived: keep one
             self._delivered.add(meta.group_id)
             self.ledger.generated(meta.num_samples)
-            self._scoring.append(_Scoring(meta, group, reward, time.monotonic()))
+            self._scoring.append(_Scoring(meta, group, reward))
 
     def delivered(self, group_ids: list[int]) -> set[int]:
         """Which of these groups reached the buffer (a restarted engine's others are generated again)."""
@@ -195,8 +195,8 @@ class TrajectoryBuffer:
 class _Scoring:
     """A group being scored: its refs, and what it takes to ask again (no sooner than a second after a failure)."""
 
-    def __init__(self, meta: GroupMeta, group: list, reward, since: float):
-        self.meta, self.group, self.reward, self.since = meta, group, reward, since
+    def __init__(self, meta: GroupMeta, group: list, reward):
+        self.meta, self.group, self.reward, self.since = meta, group, reward, time.monotonic()
         self.retry_at = 0.0
         self.scored, self.report = self.reward.score.options(num_returns=2).remote(self.group)
 

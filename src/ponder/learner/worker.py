@@ -236,9 +236,6 @@ class LearnerWorker:
         finally:
             shutil.rmtree(local, ignore_errors=True)
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def close(self) -> None:
         if self.sender is not None:
             self.sender.close()

@@ -75,8 +75,8 @@ class StreamingRollouts:
         refills, progress, since = 0, None, time.monotonic()
         while (batch := ray.get(self.buffer.take.remote(self.groups_per_step, step, poll_s))) is None:
             self._recover_lost()
-            refills += self._fill(step)  # only dropped groups make room for more
             counts = ray.get(self.buffer.counts.remote())
+            refills += self._fill(step, counts)  # only dropped groups make room for more
             if (counts["samples/generated"], counts["groups/dropped"]) != progress:
                 progress, since = (counts["samples/generated"], counts["groups/dropped"]), time.monotonic()
             elif time.monotonic() - since > STALL_S:
@@ -84,7 +84,6 @@ class StreamingRollouts:
                                     f"{self.groups_per_step} are needed; the rollout actors' logs (Ray's session log "
                                     "directory, or cluster.log_to_driver=true) say why")
             if refills > self.schedule.max_refill_batches:
-                counts = ray.get(self.buffer.counts.remote())
                 raise PipelineError(
                     f"step {step}: {refills} extra prompt batches did not give {self.groups_per_step} usable groups "
                     f"(dropped so far: {counts['samples/dropped_zero_variance']:.0f} samples with equal rewards, "
@@ -94,10 +93,11 @@ class StreamingRollouts:
                     "(pipeline.max_refill_batches raises the limit).")
         return batch
 
-    def _fill(self, step: int) -> int:
-        """Submit prompt batches until (max_staleness + 1) steps of groups are alive; returns how many."""
+    def _fill(self, step: int, counts: dict[str, float] | None = None) -> int:
+        """Submit prompt batches until (max_staleness + 1) steps of groups are alive; returns how many. `counts`: the
+        buffer's, if just read."""
         g = self.groups_per_step
-        dropped = int(ray.get(self.buffer.counts.remote())["groups/dropped"])
+        dropped = int((counts or ray.get(self.buffer.counts.remote()))["groups/dropped"])
         alive = (self.batches_submitted - self.batches_at_start) * g - (step - self.start_step) * g - dropped
         submitted = 0
         while alive < (self.schedule.max_staleness + 1) * g:

@@ -59,7 +59,8 @@ def reload(engine, weights: Optional[WeightsVersion]) -> None:
 class ActorFanout:
     """One pool of restartable actors (rollout or reward). `run(submit, shards)` calls `submit(actor, shard)` on each
     actor with its shard, which returns (data ref, small ref); a shard whose actor dies is re-issued once the actor is
-    back (at most `max_restarts` times per actor, as Ray restarts it). `on_restart(actor)` readies a restarted actor (a rollout engine loads the current weights)."""
+    back (at most `max_restarts` times per actor, as Ray restarts it). `on_restart(actor)` readies a restarted actor
+    (a rollout engine loads the current weights)."""
 
     def __init__(self, name: str, actors: list, ping: Callable[[object], object], max_restarts: int,
                  on_restart: Optional[Callable[[object], None]] = None):
@@ -172,11 +173,11 @@ def on_learners(learners: list, call: Callable[[object], object]) -> list:
     """`call(rank)` on every learner rank; results in rank order. Fails fast: if one rank dies the others may hang in
     a collective waiting for it, so its death is raised as soon as it is seen (`LearnerLost`)."""
     refs = [call(rank) for rank in learners]
-    pending = list(refs)
+    results, pending = {}, list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         try:
-            ray.get(ready[0])
+            results[ready[0]] = ray.get(ready[0])
         except RayActorError as e:
             raise LearnerLost(f"a learner rank died: {e}") from e
         except RayTaskError:
@@ -185,7 +186,7 @@ def on_learners(learners: list, call: Callable[[object], object]) -> list:
             if death is not None:
                 raise LearnerLost(f"a learner rank died: {death}") from death
             raise
-    return ray.get(refs)
+    return [results[ref] for ref in refs]
 
 
 def _death_among(refs: list, wait_s: float) -> Optional[RayActorError]:
