@@ -25,12 +25,12 @@ PONDER = str(Path(sys.executable).parent / "ponder")
 PROMPTS, SAMPLES = 4, 4
 
 
-def overrides(model: str, out: Path, steps: int) -> list[str]:
+def overrides(model: str, out: Path, steps: int, reward_workers: int = 2) -> list[str]:
     return [f"model.path={model}", f"trainer.steps={steps}", f"trainer.prompts_per_step={PROMPTS}",
             f"rollout.samples_per_prompt={SAMPLES}", "trainer.eval_prompts=8", "trainer.eval_every=0",
             "trainer.log_samples_every=1", "trainer.save_final_model=false", "rollout.max_tokens=16",
             "rollout.max_model_len=512", "rollout.kv_cache_gb=0.25", "learner.micro_batch_size=32",
-            "reward.num_workers=2", f"trainer.output_dir={out}", f"tracking.uri=sqlite:///{out}/m.db",
+            f"reward.num_workers={reward_workers}", f"trainer.output_dir={out}", f"tracking.uri=sqlite:///{out}/m.db",
             f"tracking.artifact_location={out}/artifacts"]
 
 
@@ -83,7 +83,10 @@ def metric_history(out: Path, name: str) -> list[tuple[int, float]]:
 def test_rollout_reward_and_learner_deaths_mid_run(tiny_model_dir, tmp_path):
     out, log = tmp_path / "run", tmp_path / "train.log"
     engines_before = len(actor_pids("RolloutWorker"))
-    proc = start(overrides(tiny_model_dir, out, steps=5) + ["checkpoint.every=2", "ft.auto_resume=true"], log)
+    # One reward actor: the synchronous loop scores each engine's batch on one actor, so with one engine a second
+    # reward actor would sit idle, and killing it would test nothing.
+    proc = start(overrides(tiny_model_dir, out, steps=5, reward_workers=1) +
+                 ["checkpoint.every=2", "ft.auto_resume=true"], log)
     wait_for_step(out, 1, proc, log)
     kill_one("RolloutWorker")
     wait_for_step(out, 2, proc, log)
