@@ -83,8 +83,8 @@ class Bench:
         prompts, schedule, ledger, pipeline = prompt_source(self.args, self.problems), MODES[mode], Ledger(), None
         if schedule is not None:
             buffer = self.cluster.buffer(schedule.max_staleness, False)
-            pipeline = StreamingRollouts(schedule, prompts, self.rollouts, self.rewards, buffer, self.sampling,
-                                         self.args.prompts)
+            pipeline = StreamingRollouts(schedule, prompts, Rollouts(self.rollouts, 0), Rewards(self.rewards, 0),
+                                         buffer, self.sampling, self.args.prompts)
 
         def step_fn(step: int):
             if pipeline is None:

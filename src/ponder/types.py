@@ -91,12 +91,23 @@ class GroupMeta:
 
 
 @dataclass(frozen=True)
+class GenerationReport:
+    """The rollout actor's small companion to a generated batch, which the driver waits on (platform/recovery.py)."""
+
+    tokens: int  # generated
+    oldest_version: int  # the oldest weights any of its tokens was sampled with
+    pid: int  # the engine's process: a new one once Ray has restarted the actor
+
+
+@dataclass(frozen=True)
 class ScoreReport:
-    """The reward actor's small companion to a scored batch: counts for logging, rewards for dynamic sampling."""
+    """The reward actor's small companion to a scored batch: counts for logging, rewards for dynamic sampling, and
+    the process that scored it (a new one once Ray has restarted the actor: platform/recovery.py counts restarts so)."""
 
     counts: dict[str, float]
     rewards: tuple[float, ...]
     masked: int
+    pid: int = 0
 
     @property
     def zero_variance(self) -> bool:

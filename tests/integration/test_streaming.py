@@ -64,8 +64,8 @@ def prompt_source(cluster):
 
 def streaming(cluster, schedule: Schedule, dynamic_sampling: bool = False, sampling: Sampling = SAMPLING):
     buffer = cluster.buffer(schedule.max_staleness, dynamic_sampling)
-    return StreamingRollouts(schedule, prompt_source(cluster), cluster.rollouts, cluster.rewards, buffer, sampling,
-                             PROMPTS)
+    return StreamingRollouts(schedule, prompt_source(cluster), Rollouts(cluster.rollouts, 0),
+                             Rewards(cluster.rewards, 0), buffer, sampling, PROMPTS)
 
 
 def contents(refs) -> list[tuple]:

@@ -94,6 +94,7 @@ class TrajectoryBuffer:
         self._scoring: list[_Scoring] = []  # asked to be scored, not yet back
         self._ready: list[tuple[GroupMeta, object, ScoreReport]] = []  # scored and kept, in arrival order
         self._delivered: set[int] = set()  # group ids put here
+        self._scorers: dict = {}  # reward actor -> the process its latest report came from
         self.rescored = 0
 
     def put(self, meta: GroupMeta, group: list, reward) -> None:
@@ -173,11 +174,21 @@ class TrajectoryBuffer:
                     g.score_again()
                     self.rescored += 1
                     still.append(g)
-                elif self.dynamic_sampling and reports[g.report].zero_variance:
-                    self.ledger.dropped("zero_variance", g.meta.num_samples)
                 else:
-                    self._ready.append((g.meta, g.scored, reports[g.report]))
+                    self._keep(g, reports[g.report])
             self._scoring = still
+
+    def _keep(self, g: "_Scoring", report: ScoreReport) -> None:
+        self._scorers[g.reward] = report.pid
+        if self.dynamic_sampling and report.zero_variance:
+            self.ledger.dropped("zero_variance", g.meta.num_samples)
+        else:
+            self._ready.append((g.meta, g.scored, report))
+
+    def scorers(self) -> list[tuple[object, int]]:
+        """(reward actor, the process of its latest report): the driver counts a reward actor's restarts from it."""
+        with self._lock:
+            return list(self._scorers.items())
 
     def counts(self) -> dict[str, float]:
         with self._lock:

@@ -65,7 +65,7 @@ class RewardWorker:
                            "errors": len(outcome.errors), "masked": outcome.masked})
         report = ScoreReport(counts={f"reward/{k}": float(v) for k, v in counts.items()},
                              rewards=tuple(t.reward for t in trajectories if not t.masked),
-                             masked=sum(t.masked for t in trajectories))
+                             masked=sum(t.masked for t in trajectories), pid=os.getpid())
         return trajectories, report
 
     def _ask_critics(self, trajectories: list[Trajectory], specs: list[list[RewardSpec]]) -> dict[str, tuple]:
@@ -90,9 +90,9 @@ class RewardWorker:
         """A dataset row may name its own reward function; otherwise the configured list applies."""
         return [RewardSpec(traj.problem.reward, 1.0)] if traj.problem.reward else list(self.cfg.functions)
 
-    def pids(self) -> list[int]:
-        """This actor's process and its verifier processes (fault tests kill them; the driver pings it)."""
-        return [os.getpid(), *self.pool.pids()]
+    def pid(self) -> int:
+        """The driver's ping: this process (a new one once Ray has restarted the actor)."""
+        return os.getpid()
 
     def close(self) -> None:
         self.pool.close()

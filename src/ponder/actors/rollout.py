@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 from ponder.platform.config import RolloutConfig
 from ponder.transport.weights import verify
-from ponder.types import GroupMeta, RolloutRequest, Trajectory, WeightsVersion
+from ponder.types import GenerationReport, GroupMeta, RolloutRequest, Trajectory, WeightsVersion
 
 
 @dataclass(frozen=True)
@@ -131,12 +131,13 @@ class RolloutWorker:
         return [t for req in requests for t in groups[req.group_id]]
 
     def generate_batch(self, requests: list[RolloutRequest], sampling: Sampling, min_version: int = 0
-                       ) -> tuple[list[Trajectory], tuple[int, int]]:
-        """`generate`, and (tokens produced, oldest weights used): the small second result is what the driver waits
-        on (platform/recovery.py), so that it notices a dead or restarted engine without pulling the trajectories."""
+                       ) -> tuple[list[Trajectory], GenerationReport]:
+        """`generate`, and its report: the small second result is what the driver waits on (platform/recovery.py), so
+        that it notices a dead or restarted engine without pulling the trajectories."""
         trajectories = self.generate(requests, sampling, min_version)
-        return trajectories, (sum(len(t.response_ids) for t in trajectories),
-                              min((t.policy_version for t in trajectories), default=self.version))
+        return trajectories, GenerationReport(sum(len(t.response_ids) for t in trajectories),
+                                              min((t.policy_version for t in trajectories), default=self.version),
+                                              os.getpid())
 
     def stream(self, requests: list[RolloutRequest], sampling: Sampling, min_version: int, rewards: list,
                buffer) -> None:
@@ -201,6 +202,8 @@ class RolloutWorker:
         self._call(finish, interrupt=True)
 
     def pid(self) -> int:
+        """The driver's ping: this process (a new one once Ray has restarted the actor); raises as `stats` does."""
+        self._check()
         return os.getpid()
 
     def close(self) -> None:

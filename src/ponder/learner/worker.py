@@ -25,6 +25,7 @@ from ponder.learner.losses import (behaviour_correction, clipped_surrogate, entr
                                   token_logprobs)
 from ponder.platform.checkpoints import CheckpointTarget
 from ponder.platform.config import AlgoConfig, LearnerConfig, parse_cores
+from ponder.seeding import rng_state, set_rng_state
 from ponder.transport.weights import ShmWeightSender
 from ponder.types import Trajectory, WeightsVersion
 
@@ -207,7 +208,7 @@ class LearnerWorker:
         staging = self.scratch / f"save-{step:08d}"
         self.engine.save_checkpoint(str(staging / "deepspeed"), tag="state", save_latest=False)
         (staging / "rng").mkdir(parents=True, exist_ok=True)
-        torch.save(torch.get_rng_state(), staging / "rng" / f"rank_{self.rank}.pt")
+        torch.save(rng_state(), staging / "rng" / f"rank_{self.rank}.pt")
         state = self.full_state_dict() if export_hf else None  # collective under ZeRO-3
         dist.barrier()
         if self.rank != 0:
@@ -231,7 +232,7 @@ class LearnerWorker:
         try:
             target.store().load(name, local)
             self.engine.load_checkpoint(str(local / "deepspeed"), tag="state")
-            torch.set_rng_state(torch.load(local / "rng" / f"rank_{self.rank}.pt"))
+            set_rng_state(torch.load(local / "rng" / f"rank_{self.rank}.pt"))
             return json.loads((local / DRIVER_STATE).read_text())
         finally:
             shutil.rmtree(local, ignore_errors=True)

@@ -39,7 +39,6 @@ from ponder.platform.pipeline import Schedule, StreamingRollouts
 from ponder.platform.plots import plot_curves
 from ponder.platform.recovery import NeedsCheckpoint, Rewards, Rollouts, on_learners
 from ponder.platform.tracking import CHECKPOINT_DIR_TAG, FINAL_MODEL, LATEST_CHECKPOINT_TAG, Tracker
-from ponder.types import WeightsVersion
 
 
 class TrainingStopped(RuntimeError):
@@ -137,7 +136,7 @@ def run_attempt(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, s
             loop = Loop.of(cfg, cluster, rollouts, rewards, learners, train_set, state)
             if start is not None:  # every engine serves the restored weights before the first step
                 result.checkpoint = target.uri(start)
-                loop.load(on_learners(learners, lambda rank: rank.publish_weights.remote(state.step))[0])
+                rollouts.push(on_learners(learners, lambda rank: rank.publish_weights.remote(state.step))[0])
 
             def evaluate(step: int) -> None:  # waits for every engine to serve the weights of `step`
                 loop.settle()
@@ -199,12 +198,11 @@ def export_final_model(cfg: PonderConfig, target: CheckpointTarget, checkpoint: 
 
 class Loop:
     """The configured mode's step (step -> (metrics, scored refs)), what a checkpoint saves of it, its final
-    accounting, how a resumed run's weights reach the engines before the first step, and how evaluation waits for the
-    engines to hold the newest weights."""
+    accounting, and how evaluation waits for the engines to hold the newest weights."""
 
     def __init__(self, step: Callable, snapshot: Callable[[DriverState], DriverState], close: Callable[[], dict],
-                 load: Callable[[WeightsVersion], None], settle: Callable[[], None] = lambda: None):
-        self.step, self.snapshot, self.close, self.load, self.settle = step, snapshot, close, load, settle
+                 settle: Callable[[], None] = lambda: None):
+        self.step, self.snapshot, self.close, self.settle = step, snapshot, close, settle
 
     @classmethod
     def of(cls, cfg: PonderConfig, cluster: Cluster, rollouts: Rollouts, rewards: Rewards, learners: list,
@@ -217,10 +215,10 @@ class Loop:
             return make_requests(stream.batch(index - 1), cfg.data.template, cfg.seed, index,
                                  first_group=index * t.prompts_per_step)
 
-        fanouts = {"rollout": [rollouts.fanout], "reward": [rewards.fanout]}
+        fanouts = {"rollout": rollouts.fanout, "reward": rewards.fanout}
 
         def restarts() -> dict[str, int]:  # of this run, earlier attempts included
-            return {pool: state.restarts.get(pool, 0) + sum(f.restarts for f in fs) for pool, fs in fanouts.items()}
+            return {pool: state.restarts.get(pool, 0) + fanout.restarts for pool, fanout in fanouts.items()}
 
         def with_restarts(step: Callable) -> Callable:
             def run(k: int):
@@ -236,13 +234,12 @@ class Loop:
         if cfg.pipeline.mode == "sync":
             ledger = Ledger.of(state.accounting)
             step = with_restarts(lambda k: grpo_step(rollouts, rewards, learners, prompt_batch(k), sampling, k, ledger))
-            return cls(step, snapshot(ledger.as_metrics, lambda s: s.step), ledger.as_metrics, rollouts.push)
+            return cls(step, snapshot(ledger.as_metrics, lambda s: s.step), ledger.as_metrics)
         schedule = Schedule.of(cfg.pipeline)
         buffer = cluster.buffer(schedule.max_staleness, cfg.pipeline.dynamic_sampling)
-        pipeline = StreamingRollouts(schedule, prompt_batch, rollouts.actors, rewards.actors, buffer, sampling,
+        pipeline = StreamingRollouts(schedule, prompt_batch, rollouts, rewards, buffer, sampling,
                                      cfg.trainer.prompts_per_step, start_step=state.step + 1,
-                                     batches_drawn=state.batches_drawn, max_restarts=cfg.ft.max_actor_restarts)
-        fanouts["rollout"].append(pipeline.fanout)
+                                     batches_drawn=state.batches_drawn)
         # Counts of the attempts before this one (the buffer starts from zero). What was still buffered when the
         # checkpoint was taken did not survive the restart: it counts as dropped at the end of that attempt.
         earlier = dict(state.accounting)
@@ -251,8 +248,7 @@ class Loop:
         return cls(with_restarts(lambda k: streaming_step(pipeline, learners, k)),
                    snapshot(lambda: merge_counts([earlier, ray.get(buffer.counts.remote())]),
                             lambda s: pipeline.batches_submitted),
-                   lambda: merge_counts([earlier, pipeline.close()]), pipeline.load,
-                   lambda: rollouts.adopt(pipeline.settle()))
+                   lambda: merge_counts([earlier, pipeline.close()]), pipeline.settle)
 
 
 def grpo_step(rollouts: Rollouts, rewards: Rewards, learners: list, requests: list, sampling: Sampling, step: int,

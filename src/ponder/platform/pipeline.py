@@ -10,7 +10,7 @@ Modes: `one_step_off` = bound 1, updates wait for in-flight samples to finish; `
 with `partial_rollouts` an update lands at the engines' next decode step (in-flight samples continue on it).
 A rollout engine that dies or comes back from a restart gets the newest weights and its undelivered groups again
 (`_recover_lost`); the buffer scores again a group whose reward actor died.
-Talks to the rollout actors (stream, load_weights, stats) and the buffer actor (take, counts, delivered, close).
+Talks to the rollout actors (stream, load_weights, pid) and the buffer actor (take, counts, delivered, close).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ponder.actors.buffer import Batch
 from ponder.actors.rollout import Sampling
 from ponder.data.stream import split_even
 from ponder.platform.config import PipelineConfig
-from ponder.platform.recovery import ActorFanout, ActorRestarted, reload
+from ponder.platform.recovery import Rewards, Rollouts
 from ponder.types import RolloutRequest, WeightsVersion
 
 
@@ -53,22 +53,21 @@ class Schedule:
 class StreamingRollouts:
     """`next_batch(step)` → a Batch of `groups_per_step` whole groups; `push(handle)` → weights to every engine."""
 
-    def __init__(self, schedule: Schedule, prompts: Callable[[int], list[RolloutRequest]], rollouts: list,
-                 rewards: list, buffer, sampling: Sampling, groups_per_step: int, start_step: int = 1,
-                 batches_drawn: int = 0, max_restarts: int = 0):
-        """`start_step`, `batches_drawn`: where a resumed run goes on (its first step, the prompt batches its earlier
-        attempts took); nothing is alive at the start. `max_restarts`: per engine (ft.max_actor_restarts)."""
-        self.schedule, self.prompts, self.sampling = schedule, prompts, sampling
-        self.rollouts, self.rewards, self.buffer = rollouts, rewards, buffer
+    def __init__(self, schedule: Schedule, prompts: Callable[[int], list[RolloutRequest]], rollouts: Rollouts,
+                 rewards: Rewards, buffer, sampling: Sampling, groups_per_step: int, start_step: int = 1,
+                 batches_drawn: int = 0):
+        """`rollouts`, `rewards`: the pools (their restarts are counted, a restarted engine readied). `start_step`,
+        `batches_drawn`: where a resumed run goes on (its first step, the prompt batches its earlier attempts took);
+        nothing is alive at the start."""
+        self.schedule, self.prompts, self.sampling, self.buffer = schedule, prompts, sampling, buffer
+        self.rollout_pool, self.rollouts = rollouts, rollouts.actors
+        self.reward_pool, self.rewards = rewards, rewards.actors
         self.groups_per_step = groups_per_step
         self.start_step, self.batches_at_start = start_step, batches_drawn
         self.batches_submitted = batches_drawn
         self._acks: list = []
         self.reissued = 0  # groups generated again after an engine or a reward actor died
-        self._weights: WeightsVersion | None = None  # the newest pushed: what a restarted engine must load
         self._sent: dict[int, tuple[int, RolloutRequest, int]] = {}  # group id -> (engine, request, min_version)
-        self.fanout = ActorFanout("rollout", rollouts, lambda w: w.stats.remote(), max_restarts, self._reload)
-        self._pids = [stats["pid"] for stats in ray.get([w.stats.remote() for w in rollouts])]
 
     def next_batch(self, step: int, poll_s: float = 0.5) -> Batch:
         self._fill(step)
@@ -91,6 +90,8 @@ class StreamingRollouts:
                     "score the same is dropped: the task is too easy or too hard for this model. Raise "
                     "rollout.samples_per_prompt, use easier/harder prompts, or set pipeline.dynamic_sampling=false "
                     "(pipeline.max_refill_batches raises the limit).")
+        for actor, pid in ray.get(self.buffer.scorers.remote()):  # a reward actor's restart shows in its reports
+            self.reward_pool.fanout.observe(self.rewards.index(actor), pid)
         return batch
 
     def _fill(self, step: int, counts: dict[str, float] | None = None) -> int:
@@ -123,17 +124,11 @@ class StreamingRollouts:
         weights). Seeds are per (step, prompt, sample): a re-issued group samples what the lost one would have. (A
         group whose reward actor died is scored again by the buffer.)"""
         for engine, worker in enumerate(self.rollouts):
-            try:
-                restarted = ray.get(worker.stats.remote())["pid"] != self._pids[engine]
-                error: Exception = ActorRestarted(f"rollout engine {engine} came back from a restart")
+            try:  # a restarted engine is given the newest weights by the pool
+                restarted = self.rollout_pool.fanout.observe(engine, ray.get(worker.pid.remote()))
             except RayActorError as e:
-                restarted, error = True, e
+                restarted = self.rollout_pool.fanout.recover(engine, e)  # False: it was unreachable and holds its work
             if restarted:
-                self.fanout.recover(engine, error)  # waits for it and gives it the current weights
-                pid = ray.get(worker.stats.remote())["pid"]
-                if pid == self._pids[engine]:
-                    continue  # only unreachable for a moment: it still holds its work
-                self._pids[engine] = pid
                 owned = [gid for gid, (owner, _, _) in self._sent.items() if owner == engine]
                 self._reissue(sorted(set(owned) - ray.get(self.buffer.delivered.remote(owned))))
 
@@ -143,29 +138,20 @@ class StreamingRollouts:
             engine, request, min_version = self._sent[gid]
             self._stream(engine, [request], min_version)
 
-    def settle(self) -> WeightsVersion | None:
-        """Wait until every engine serves the newest pushed weights (an engine that died gets them again); returns
-        them. Held-out evaluation in the streaming modes starts from here."""
+    def settle(self) -> None:
+        """Wait until every engine serves the newest pushed weights (an engine that died gets them again). Held-out
+        evaluation in the streaming modes starts from here."""
         try:
             ray.get(self._acks)
         except RayActorError:
             self._recover_lost()
         self._acks = []
-        return self._weights
-
-    def load(self, handle: WeightsVersion) -> None:
-        """Every engine serves `handle` before this returns (a resumed run's restored weights)."""
-        ray.get([w.load_weights.remote(handle) for w in self.rollouts])
-        self._weights = handle
-
-    def _reload(self, worker) -> None:
-        reload(worker, self._weights)
 
     def push(self, handle: WeightsVersion) -> None:
         """Hand new weights to every engine without waiting for them to load (a refused push raises at the next one).
         Engines verify off their decode thread and pause decoding only for the reload itself."""
         self.settle()
-        self._weights = handle
+        self.rollout_pool.adopt(handle)
         self._acks = [w.load_weights.remote(handle, self.schedule.interrupt) for w in self.rollouts]
 
     def close(self) -> dict[str, float]:

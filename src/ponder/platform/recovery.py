@@ -7,6 +7,10 @@ without the data ever passing through the driver. The driver then waits for the 
 weights it should serve, and issues that actor's shard again. Sample seeds come from (seed, step, prompt, sample), so a
 re-issued shard samples what the lost one would have: no trajectory is lost or counted twice.
 
+An actor that dies while idle fails no call: Ray restarts it behind the driver's back. Every companion result (and the
+ping) therefore names the process that answered; a new process is a restart, counted (`ft/<pool>_restarts`) and readied
+like any other.
+
 A learner rank is not restarted: its optimizer state died with it. `LearnerLost` carries the cause; the driver stops
 with the last complete checkpoint named, or resumes from it (`ft.auto_resume`).
 """
@@ -28,10 +32,6 @@ FAST_FAILURES = 10  # pings answered "died", 1 s apart, before an actor counts a
 
 class ActorFailed(RuntimeError):
     """A rollout or reward actor died and cannot be brought back (its restarts are spent, or it does not start)."""
-
-
-class ActorRestarted(RuntimeError):
-    """An actor's answer shows it was restarted while idle (a fresh engine serves the initial weights)."""
 
 
 class NeedsCheckpoint(RuntimeError):
@@ -58,56 +58,82 @@ def reload(engine, weights: Optional[WeightsVersion]) -> None:
 
 class ActorFanout:
     """One pool of restartable actors (rollout or reward). `run(submit, shards)` calls `submit(actor, shard)` on each
-    actor with its shard, which returns (data ref, small ref); a shard whose actor dies is re-issued once the actor is
-    back (at most `max_restarts` times per actor, as Ray restarts it). `on_restart(actor)` readies a restarted actor
-    (a rollout engine loads the current weights)."""
+    actor with its shard, which returns (data ref, report ref); a shard whose actor dies is re-issued once the actor is
+    back. A generation's or a scoring's report, and `ping(actor)`, name the process that answered (its pid): a new
+    process is a restart. So a restart is counted even when the actor died idle and no call failed (Ray restarts it
+    behind the caller's back). `on_restart(actor)` readies a restarted actor (a rollout engine loads the current
+    weights)."""
 
     def __init__(self, name: str, actors: list, ping: Callable[[object], object], max_restarts: int,
                  on_restart: Optional[Callable[[object], None]] = None):
         self.name, self.actors, self.ping, self.max_restarts = name, actors, ping, max_restarts
         self.on_restart = on_restart or (lambda actor: None)
-        self.lives = [0] * len(actors)  # restarts per actor, as Ray counts them against max_restarts
+        self.lives = [0] * len(actors)  # restarts seen per actor (Ray allows `max_restarts`)
+        self._pids: list = [ping(actor) for actor in actors]  # refs until first read: the first processes' pids
 
     def run(self, submit: Callable[[object, object], tuple], shards: list,
-            valid: Callable[[object], bool] = lambda small: True) -> tuple[list, list]:
-        """Shard i goes to actor i % len(actors). Returns (data refs, small values), in shard order. A small value
-        that is not `valid` means the actor was restarted before it took the call (it lost its state, e.g. the
-        weights): it is readied again and the shard re-issued."""
+            valid: Callable[[object], bool] = lambda report: True) -> tuple[list, list]:
+        """Shard i goes to actor i % len(actors). Returns (data refs, reports), in shard order. A report that is not
+        `valid` comes from an actor that lost its state in a restart before it took the call (an engine's weights):
+        the shard is re-issued once the actor is readied."""
         owner = [i % len(self.actors) for i in range(len(shards))]
         pairs = [submit(self.actors[owner[i]], shard) for i, shard in enumerate(shards)]
-        small: list = [None] * len(shards)
-        pending = {pair[1]: (i, self.lives[owner[i]]) for i, pair in enumerate(pairs)}
+        reports: list = [None] * len(shards)
+        pending = {pair[1]: i for i, pair in enumerate(pairs)}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            i, life = pending.pop(ready[0])
+            i = pending.pop(ready[0])
             try:
-                small[i] = ray.get(ready[0])
-                if not valid(small[i]):
-                    raise ActorRestarted(f"{self.name} actor {owner[i]} answered from a fresh start: {small[i]}")
-            except (RayActorError, ActorRestarted) as e:
-                if life == self.lives[owner[i]]:  # not yet recovered from this death (another shard may have)
-                    self.recover(owner[i], e)
-                pairs[i] = submit(self.actors[owner[i]], shards[i])
-                pending[pairs[i][1]] = (i, self.lives[owner[i]])
-        return [pair[0] for pair in pairs], small
+                reports[i] = ray.get(ready[0])
+            except RayActorError as e:
+                self.recover(owner[i], e)
+            else:
+                # (a weight push answers with the version alone: a restart shows at the next generation)
+                restarted = hasattr(reports[i], "pid") and self.observe(owner[i], reports[i].pid)
+                if valid(reports[i]):
+                    continue
+                if not restarted:
+                    raise RuntimeError(f"{self.name} actor {owner[i]} answered {reports[i]}, which does not meet "
+                                       "what it was asked for, and it was not restarted: a bug, please report it")
+            pairs[i] = submit(self.actors[owner[i]], shards[i])
+            pending[pairs[i][1]] = i
+        return [pair[0] for pair in pairs], reports
 
-    def recover(self, index: int, error: Exception) -> None:
-        """Wait for Ray to restart actor `index`, then ready it for work."""
+    def observe(self, index: int, pid: int) -> bool:
+        """Actor `index` answered from process `pid`. Returns whether that is a restart (then counted and readied)."""
+        known = self._pids[index]
+        if isinstance(known, ray.ObjectRef):
+            try:
+                known = ray.get(known)
+            except RayActorError:
+                known = None  # its first process died before it answered
+        self._pids[index] = pid
+        if pid == known:
+            return False
+        self.lives[index] += 1
+        self.on_restart(self.actors[index])
+        return True
+
+    def recover(self, index: int, error: Exception) -> bool:
+        """After `error` from actor `index`, wait until it answers again. Returns whether it is a new process (Ray
+        restarted it; it is readied) rather than the same one (it was out of reach for a moment, or already
+        recovered for another shard)."""
         if getattr(error, "actor_init_failed", False):  # its constructor raised: Ray does not restart it
             raise ActorFailed(f"{self.name} actor {index} could not start; cause:\n{error}") from error
-        if self.lives[index] >= self.max_restarts:
+        if isinstance(error, RayActorError) and self.lives[index] >= self.max_restarts:
             raise ActorFailed(f"{self.name} actor {index} died after {self.lives[index]} restarts "
                               f"(ft.max_actor_restarts={self.max_restarts}); cause:\n{error}") from error
-        self.lives[index] += 1
+        return self.observe(index, self._wait_for(index))
+
+    def _wait_for(self, index: int) -> int:
+        """The pid of actor `index` once it answers; ActorFailed if it does not within RESTART_TIMEOUT_S."""
         actor, deadline, died = self.actors[index], time.monotonic() + RESTART_TIMEOUT_S, 0
         while True:
             # While Ray restarts the actor a call fails at once with ActorUnavailableError: ask again until the
             # deadline (a vLLM engine loads its model again). ActorDiedError means Ray has given it up, unless Ray has
             # not yet seen the death the caller saw: allow a few of those.
             try:
-                ray.get(self.ping(actor), timeout=max(1.0, deadline - time.monotonic()))
-                self.on_restart(actor)
-                return
+                return ray.get(self.ping(actor), timeout=max(1.0, deadline - time.monotonic()))
             except (ActorUnavailableError, GetTimeoutError) as again:
                 cause: Exception = again
             except RayActorError as again:
@@ -131,7 +157,7 @@ class Rollouts:
     def __init__(self, actors: list, max_restarts: int):
         self.actors = actors
         self.weights: Optional[WeightsVersion] = None  # the newest weights every engine must serve
-        self.fanout = ActorFanout("rollout", actors, lambda a: a.stats.remote(), max_restarts, self._reload)
+        self.fanout = ActorFanout("rollout", actors, lambda a: a.pid.remote(), max_restarts, self._reload)
 
     def generate(self, requests: list, sampling, min_version: int = 0) -> tuple[list, int]:
         """Even, consecutive shards, one per engine: (trajectory-list refs, tokens generated). Every trajectory comes
@@ -140,17 +166,17 @@ class Rollouts:
         # Pushed weights are loaded before `push` returns: engines need not wait for them, and must not, since one
         # that was restarted while idle would wait for weights nobody sends. Its answer shows it; it is reloaded.
         wait_for = min_version if self.weights is None else 0
-        refs, small = self.fanout.run(
+        refs, reports = self.fanout.run(
             lambda actor, shard: actor.generate_batch.options(num_returns=2).remote(shard, sampling, wait_for),
-            split_even(requests, len(self.actors)), valid=lambda answer: answer[1] >= expected)
-        return refs, sum(tokens for tokens, _ in small)
+            split_even(requests, len(self.actors)), valid=lambda report: report.oldest_version >= expected)
+        return refs, sum(report.tokens for report in reports)
 
     def push(self, handle: WeightsVersion) -> None:
         self.weights = handle
         self.fanout.run(lambda actor, _: (None, actor.load_weights.remote(handle)), [None] * len(self.actors))
 
     def adopt(self, handle: Optional[WeightsVersion]) -> None:
-        """Weights every engine already serves (pushed by the streaming pipeline): what a restarted one gets."""
+        """Weights pushed by the streaming pipeline (platform/pipeline.py): what a restarted engine gets."""
         self.weights = handle
 
     def _reload(self, actor) -> None:
@@ -162,7 +188,7 @@ class Rewards:
 
     def __init__(self, actors: list, max_restarts: int):
         self.actors = actors
-        self.fanout = ActorFanout("reward", actors, lambda a: a.pids.remote(), max_restarts)
+        self.fanout = ActorFanout("reward", actors, lambda a: a.pid.remote(), max_restarts)
 
     def score(self, generated: list) -> tuple[list, list]:
         """(scored trajectory-list refs, ScoreReports) in the order of `generated`."""
