@@ -4,7 +4,8 @@ Backpressure is credit: at most `max_staleness + 1` steps' worth of groups are a
 dropped), plus at most one batch of refill when groups were dropped; so the buffer is bounded and no engine works on
 prompts that could only arrive too stale. Each prompt batch carries the oldest weights allowed to start it
 (`min_version` = the step expected to train it, minus one, minus `max_staleness`); the buffer drops whatever still
-ends up older than the bound. The engines score and deliver groups themselves; this class only moves refs and counts.
+ends up older than the bound. The engines deliver groups to the buffer, which has them scored; this class only moves
+refs and counts.
 
 Modes: `one_step_off` = bound 1, updates wait for in-flight samples to finish; `async` = the configured bound, and
 with `partial_rollouts` an update lands at the engines' next decode step (in-flight samples continue on it).
@@ -66,7 +67,7 @@ class StreamingRollouts:
         self.start_step, self.batches_at_start = start_step, batches_drawn
         self.batches_submitted = batches_drawn
         self._acks: list = []
-        self.reissued = 0  # groups generated again after an engine or a reward actor died
+        self.reissued = 0  # groups generated again after their engine died
         self._sent: dict[int, tuple[int, RolloutRequest, int]] = {}  # group id -> (engine, request, min_version)
 
     def next_batch(self, step: int, poll_s: float = 0.5) -> Batch:
@@ -123,12 +124,8 @@ class StreamingRollouts:
         """Re-issue the undelivered groups of an engine that died or came back from a restart (it lost them and its
         weights). Seeds are per (step, prompt, sample): a re-issued group samples what the lost one would have. (A
         group whose reward actor died is scored again by the buffer.)"""
-        for engine, worker in enumerate(self.rollouts):
-            try:  # a restarted engine is given the newest weights by the pool
-                restarted = self.rollout_pool.fanout.observe(engine, ray.get(worker.pid.remote()))
-            except RayActorError as e:
-                restarted = self.rollout_pool.fanout.recover(engine, e)  # False: it was unreachable and holds its work
-            if restarted:
+        for engine in range(len(self.rollouts)):
+            if self.rollout_pool.fanout.check(engine):  # restarted: the pool gave it the newest weights
                 owned = [gid for gid, (owner, _, _) in self._sent.items() if owner == engine]
                 self._reissue(sorted(set(owned) - ray.get(self.buffer.delivered.remote(owned))))
 

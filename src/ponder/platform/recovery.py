@@ -114,13 +114,21 @@ class ActorFanout:
         self.on_restart(self.actors[index])
         return True
 
-    def recover(self, index: int, error: Exception) -> bool:
+    def check(self, index: int) -> bool:
+        """Ping actor `index`: whether it was restarted since it last answered (then it is counted and readied; one
+        that is dead is waited for as in `recover`)."""
+        try:
+            return self.observe(index, ray.get(self.ping(self.actors[index])))
+        except RayActorError as e:
+            return self.recover(index, e)
+
+    def recover(self, index: int, error: RayActorError) -> bool:
         """After `error` from actor `index`, wait until it answers again. Returns whether it is a new process (Ray
         restarted it; it is readied) rather than the same one (it was out of reach for a moment, or already
         recovered for another shard)."""
         if getattr(error, "actor_init_failed", False):  # its constructor raised: Ray does not restart it
             raise ActorFailed(f"{self.name} actor {index} could not start; cause:\n{error}") from error
-        if isinstance(error, RayActorError) and self.lives[index] >= self.max_restarts:
+        if self.lives[index] >= self.max_restarts:
             raise ActorFailed(f"{self.name} actor {index} died after {self.lives[index]} restarts "
                               f"(ft.max_actor_restarts={self.max_restarts}); cause:\n{error}") from error
         return self.observe(index, self._wait_for(index))
