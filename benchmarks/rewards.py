@@ -8,8 +8,11 @@ the demo's rollout samples/s (256 samples per step over the generation time of a
 
 B5 — code execution: one job = a small solution + 3 assert tests. Three ways, interleaved:
   - bare: `subprocess.run([python3, "-c", solution + tests])`, no isolation (what an unisolated reward does);
-  - sandbox, cold: a new `Sandbox` per job (bubblewrap + interpreter start, run, kill);
-  - sandbox, warm pool: `SandboxPool(warm=2).run` (started sandboxes, swept clean and reused between jobs).
+  - sandbox, cold: a new `Sandbox` per job (bubblewrap, harness and a child interpreter start, run, kill);
+  - sandbox, warm pool: `SandboxPool(warm=2).job` (started sandboxes, each with a child interpreter waiting, proven
+    clean and reused between jobs).
+Both sandboxed ways evaluate the asserts as the code reward does: in this process, on the plain values the program's
+calls return from the sandbox (`rewards.code.evaluate`).
 Reports jobs/s of each and the ratios warm/bare and warm/cold. Medians of `--repeats` interleaved rounds.
 
     .venv/bin/python benchmarks/rewards.py [--repeats 3] [--samples 1024] [--jobs 60]
@@ -27,11 +30,12 @@ import time
 from ponder.actors.reward import RewardWorker
 from ponder.data.tasks import ArithmeticTask, generate_problems
 from ponder.platform.config import RewardConfig
-from ponder.rewards.code import code_tests, last_code_block
+from ponder.rewards.code import evaluate, last_code_block
+from ponder.rewards.code_tests import plan_tests
 from ponder.rewards.format import format_reward
 from ponder.rewards.math import math_reward
 from ponder.rewards.sandbox import PYTHON, Limits, Sandbox, SandboxPool
-from ponder.types import Problem, Trajectory
+from ponder.types import Trajectory
 
 SOLUTION = "def add(a, b):\n    total = 0\n    for x in (a, b):\n        total += x\n    return total\n"
 TESTS = ["assert add(1, 2) == 3", "assert add(-4, 4) == 0", "assert add(10**6, 1) == 1000001"]
@@ -60,7 +64,7 @@ def b4(samples: list[Trajectory], worker: RewardWorker) -> tuple[float, float]:
 
 
 def b5(jobs: int, pool: SandboxPool, limits: Limits) -> dict[str, float]:
-    tests = code_tests(Problem("add", "", metadata={"tests": TESTS}))
+    plan = plan_tests({"tests": TESTS})
     code = last_code_block(f"```python\n{SOLUTION}```")
     rates = {}
     start = time.perf_counter()
@@ -70,11 +74,12 @@ def b5(jobs: int, pool: SandboxPool, limits: Limits) -> dict[str, float]:
     start = time.perf_counter()
     for _ in range(jobs):
         with Sandbox(limits) as box:
-            assert all(r.status == "ok" for r in box.run(code, tests.kind, tests.cases))
+            assert all(evaluate(plan, box.job(code, "call")))
     rates["cold"] = jobs / (time.perf_counter() - start)
     start = time.perf_counter()
     for _ in range(jobs):
-        assert all(r.status == "ok" for r in pool.run(code, tests.kind, tests.cases))
+        with pool.job(code, "call") as job:
+            assert all(evaluate(plan, job))
     rates["warm"] = jobs / (time.perf_counter() - start)
     return rates
 

@@ -25,7 +25,7 @@ from ponder.types import Problem, Trajectory
 
 pytestmark = pytest.mark.integration
 
-OPTIONS = dict(timeout_s=6.0, case_timeout_s=1.5, warm=1)
+OPTIONS = dict(case_cpu_s=1.0, case_timeout_s=1.5, timeout_s=6.0, warm=1)
 SECRET = "ponder-canary-5f1c9e"  # in this process's environment and in a file the sandbox must not see
 
 
@@ -83,15 +83,20 @@ def _host_state() -> dict:
     return {"files": [t for t in targets if os.path.lexists(t)], "procs": sorted(_sandbox_uid_procs())}
 
 
+SANDBOX_COMMANDS = (b"bwrap\0", b"/usr/bin/python3\0-I\0-S\0-c\0")  # bubblewrap, the harness, its children
+
+
 def _sandbox_uid_procs() -> list[str]:
-    """Command lines of processes running as the sandbox uid, minus the warm sandboxes waiting in the pool."""
+    """Command lines of processes running as the sandbox uid, minus the sandboxes' own (warm ones waiting, their
+    harnesses and runners): what is left is something a program started and left behind."""
     out = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             if os.stat(f"/proc/{pid}").st_uid == SANDBOX_UID:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                if cmd and "import json" not in cmd:  # empty: exiting; the harness source: a warm one waiting
-                    out.append(cmd[:80])
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read(200)
+                if cmd and not cmd.startswith(SANDBOX_COMMANDS):  # empty: exiting
+                    out.append(cmd.replace(b"\0", b" ").decode(errors="replace")[:80])
         except OSError:
             pass
     return out
@@ -197,6 +202,9 @@ def test_hostile_program_is_contained(host, name):
 def test_huge_stdout_is_capped(host):
     assert _score("while True: print('x' * 10000)", cases=[{"input": "", "output": "42"}]) == 0.0
     assert _score("print('All tests passed')", cases=[{"input": "", "output": "42"}]) == 0.0
+    # output that JSON escaping grows sixfold (a NUL becomes \\u0000) is still a wrong answer, not a masked sample
+    assert _score("print('\\x00' * 1_000_000)", cases=[{"input": "", "output": "42"}]) == 0.0
+    assert _score("def f():\n    return '\\x00' * 170_000") == 0.0
 
 
 @pytest.mark.parametrize("name", sorted(STEAL))
@@ -253,8 +261,8 @@ def test_reward_actor_scores_a_hostile_batch_and_goes_on(host):
     """The reward actor's class (no Ray needed) with the code reward: hostile samples score 0, none is masked, and
     the honest one beside them scores 1 — training continues."""
     problem = Problem("p", "", metadata={"tests": ["assert f() == 'done'"]})
-    cfg = RewardConfig(functions=[RewardSpec("code", 1.0, {"timeout_s": 4.0, "case_timeout_s": 1.0, "warm": 1})],
-                       accuracy_from="code", timeout_s=10.0)
+    options = {"case_cpu_s": 0.5, "case_timeout_s": 1.0, "timeout_s": 4.0, "warm": 1}
+    cfg = RewardConfig(functions=[RewardSpec("code", 1.0, options)], accuracy_from="code", timeout_s=10.0)
     worker = RewardWorker(cfg)
     try:
         names = ["fork bomb", "memory bomb", "kill -1", "always-equal object"]

@@ -1,32 +1,39 @@
-"""Code rewards: the completion's final code block, run in the sandbox against the problem's tests.
+"""Code rewards: the completion's final code block, run in the sandbox against the problem's tests (`code_tests.py`).
 
-Two test forms, both read from the problem's metadata:
-  - `tests`: assert statements (MBPP's `test_list`), or `test` + `entry_point` (HumanEval's `check(candidate)`).
-    `assert f(x) == <literal>` is split in the parent: only `f(x)` enters the sandbox, which sends back the value's
-    repr (plain data only); the parent rebuilds the value and compares it with the literal. Any other assert is
-    evaluated in the sandbox as a whole and must come back exactly `True` (a program that patches builtins can fool
-    those, never the `==` form).
-  - `cases`: [{"input": stdin, "output": expected stdout}] (competitive-programming form); outputs are compared in
-    the parent, trailing whitespace ignored.
-Expected values never enter the sandbox, so exiting early, printing "passed", an `__eq__` that always says yes,
-patching `assert` or reading the test file cannot turn a failing test into a passing one.
+The tests run here, in the trusted verifier process, never in the sandbox. Each name that stands for the program's
+function (HumanEval's `candidate`, MBPP's `remove_Occ`) is a proxy: calling it sends the plain-data arguments into the
+sandbox, where the program — loaded once per sample — runs the call, and the value comes back as plain data, rebuilt
+here from builtins only (`plain.py`). So every test form is exact: `f(x) == y`, `y == f(x)`, `abs(f(x) - y) < eps`,
+`not f(x)`, `f(x) in (...)`, `isinstance(f(x), int)`, chained comparisons, loops, imports, helper functions, prints.
+A program cannot return an object whose comparisons lie, patch what the test calls, read the expected values (they
+never enter the sandbox), or stop the test early to make it pass.
 
-Reward: the fraction of tests passed (`mode: fraction`) or 1.0 only when all pass (`mode: all`).
+Semantics: arguments are passed by value (the test's objects are never changed by the call); a raised builtin
+exception is raised again here (other exception types as `ProgramError`); a call that is too slow, crashes, returns
+something that is not plain data or produces too much output fails the whole test statement it was made in, whatever
+the test does with the exception. A test that passes a non-plain argument (a function, an object) cannot be evaluated
+that way: the sample is then evaluated again with the whole test run inside the sandbox beside the program — not
+exact, as the program shares that interpreter (docs/rewards.md).
+
+`cases` (stdin/stdout): each case runs the program as __main__ in a fresh child; outputs are compared here, trailing
+whitespace ignored. Reward: the fraction of tests passed (`mode: fraction`) or 1.0 only when all pass (`mode: all`).
 """
 
 from __future__ import annotations
 
-import ast
+import builtins
+import contextlib
+import importlib
+import io
 import re
-from dataclasses import dataclass
 from typing import Any
 
-from ponder.rewards.sandbox import Limits, SandboxPool, self_test
+from ponder.rewards.code_tests import Plan, plan_tests
+from ponder.rewards.plain import decode, encode
+from ponder.rewards.sandbox import Job, Limits, SandboxError, SandboxPool, self_test
 from ponder.types import Problem
 
 _BLOCK = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL)
-_MISSING = object()
-MAX_RESULT_CHARS = 100_000
 
 
 def last_code_block(completion: str) -> str | None:
@@ -39,99 +46,118 @@ def last_code_block(completion: str) -> str | None:
     return blocks[-1] if blocks else None
 
 
-@dataclass(frozen=True)
-class CodeTests:
-    kind: str  # "call" or "stdio"
-    cases: list[str]  # what enters the sandbox: expressions, or stdin texts
-    expected: list[Any]  # what stays in the parent: values, or stdout texts
-
-    def passed(self, index: int, status: str, output: str) -> bool:
-        if status != "ok":
-            return False
-        if self.kind == "stdio":
-            return _normalise(output) == _normalise(self.expected[index])
-        value = _rebuild(output)
-        return value is not _MISSING and _equal(value, self.expected[index])
+class ProgramError(Exception):
+    """The program raised an exception that is not a builtin one."""
 
 
-def code_tests(problem: Problem) -> CodeTests:
-    """The problem's tests in sandbox form; ValueError names what is wrong with a row."""
-    meta = problem.metadata
-    if "cases" in meta:
-        cases = meta["cases"]
-        if not cases or not all(isinstance(c, dict) and {"input", "output"} <= set(c) for c in cases):
-            raise ValueError("metadata.cases must be a non-empty list of {'input': ..., 'output': ...}")
-        return CodeTests("stdio", [str(c["input"]) for c in cases], [str(c["output"]) for c in cases])
-    if "tests" in meta:
-        asserts = list(meta["tests"]) if not isinstance(meta["tests"], str) else [meta["tests"]]
-    elif "test" in meta and "entry_point" in meta:
-        asserts = _humaneval_asserts(meta["test"], meta["entry_point"])
-    else:
-        raise ValueError("a code problem needs metadata 'tests' (assert statements), 'test' + 'entry_point' "
-                         "(HumanEval) or 'cases' (stdin/stdout pairs)")
-    pairs = [pair for text in asserts for pair in _split_asserts(text)]
-    if not pairs:
-        raise ValueError("metadata.tests holds no assert statements")
-    return CodeTests("call", [expr for expr, _ in pairs], [expected for _, expected in pairs])
+class _Aborted(BaseException):
+    """A call that did not return: the statement it was made in fails, whatever the test's `except` says."""
 
 
-def _split_asserts(source: str) -> list[tuple[str, Any]]:
-    """`assert f(x) == 3` -> ("f(x)", 3); any other assert -> (its condition, True)."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError as e:
-        raise ValueError(f"test {source!r} is not valid Python: {e.msg}") from None
-    pairs = []
-    for node in tree.body:
-        if not isinstance(node, ast.Assert):
-            raise ValueError(f"tests must be assert statements; got {ast.unparse(node)!r}")
-        test = node.test
-        if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq):
+class _NeedsWhole(Exception):
+    """A test passed something that is not plain data to the program."""
+
+
+class _Calls:
+    """What the proxies saw during one statement."""
+
+    def __init__(self):
+        self.made, self.failed, self.infra, self.not_plain_argument = 0, False, None, False
+
+
+class _Proxy:
+    """Stands for one of the program's functions in the tests."""
+
+    def __init__(self, job: Job, name: str, calls: list[_Calls]):
+        self.job, self.name, self.calls = job, name, calls
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        seen = self.calls[-1]
+        seen.made += 1
+        try:
+            sent = encode(list(args)), encode(kwargs)
+        except (TypeError, ValueError):
+            seen.not_plain_argument = True
+            raise _Aborted from None
+        try:
+            reply = self.job.call(self.name, *sent)
+        except SandboxError as e:
+            seen.infra = e
+            raise _Aborted from None
+        if reply.status == "ok":
             try:
-                pairs.append((ast.unparse(test.left), ast.literal_eval(test.comparators[0])))
-                continue
+                return decode(reply.body)
             except ValueError:
                 pass
-        pairs.append((ast.unparse(test), True))
-    return pairs
+        elif reply.status == "error" and not reply.body.startswith("load: "):
+            raise _exception(reply.body)
+        seen.failed = True
+        raise _Aborted(reply.status)
 
 
-def _humaneval_asserts(test: str, entry_point: str) -> list[str]:
-    """The asserts of HumanEval's `def check(candidate)`, with `candidate` renamed to the entry point."""
-    tree = ast.parse(test)
-    check = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"), None)
-    if check is None:
-        raise ValueError("HumanEval 'test' must define check(candidate)")
-    arg = check.args.args[0].arg if check.args.args else "candidate"
-    body = [n for n in check.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
-    renamed = [ast.unparse(_Rename(arg, entry_point).visit(n)) for n in body]
-    return renamed
+def _exception(name: str) -> Exception:
+    kind = getattr(builtins, name, None)
+    if isinstance(kind, type) and issubclass(kind, Exception) and kind not in (StopIteration, StopAsyncIteration):
+        return kind("raised by the program")
+    return ProgramError(name)
 
 
-class _Rename(ast.NodeTransformer):
-    def __init__(self, old: str, new: str):
-        self.old, self.new = old, new
-
-    def visit_Name(self, node: ast.Name) -> ast.Name:
-        return ast.Name(self.new, node.ctx) if node.id == self.old else node
-
-
-def _rebuild(output: str) -> Any:
-    """The value the sandbox sent back, rebuilt in the parent from plain literals only."""
-    if len(output) > MAX_RESULT_CHARS:
-        return _MISSING
+def evaluate(plan: Plan, job: Job) -> list[bool]:
+    """Run the plan's statements here, the program's names standing for calls into `job`; one verdict per test."""
+    namespace: dict[str, Any] = {"__builtins__": builtins, "__name__": "tests"}
     try:
-        return ast.literal_eval(output)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return _MISSING
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(plan.setup, "setup", "exec"), namespace)
+    except Exception as e:  # noqa: BLE001 - trusted code that does not run: the row is broken
+        raise ValueError(f"the problem's setup fails: {type(e).__name__}: {e}") from None
+    namespace.update({name: importlib.import_module(name) for name in plan.modules})
+    calls: list[_Calls] = []
+    namespace.update({name: _Proxy(job, target, calls) for name, target in plan.remote.items()})
+    verdicts, derived = [], set()  # derived: names bound by statements that called the program
+    for source, is_test, reads, binds in zip(plan.statements, plan.tests, plan.reads, plan.binds):
+        calls.append(_Calls())
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                exec(compile(source, "test", "exec"), namespace)
+            ok = True
+        except BaseException:  # noqa: BLE001 - a failing test statement, whatever it raised
+            ok = False
+        seen = calls[-1]
+        if seen.infra is not None:
+            raise seen.infra
+        if seen.not_plain_argument:
+            raise _NeedsWhole(source)
+        if seen.made:
+            derived |= binds
+        if is_test and (seen.made or reads & derived):
+            verdicts.append(ok and not seen.failed)
+        elif not is_test and not ok:
+            raise ValueError(f"test statement {source[:200]!r} fails without involving the program: fix the "
+                             "problem's tests")
+        # else: a test that exercised nothing of the program (`assert callable(f)`, an empty loop): not counted
+    if not verdicts:
+        raise ValueError("no test statement called the program: fix the problem's tests")
+    return verdicts
 
 
-def _equal(value: Any, expected: Any) -> bool:
-    """Python's `==` between two plain values built in the parent (nothing the program defined takes part)."""
-    try:
-        return bool(value == expected)
-    except RecursionError:
-        return False
+def evaluate_whole(plan: Plan, job: Job) -> list[bool]:
+    """The fallback: setup and statements run inside the sandbox beside the program; the verdicts are the sandbox's
+    (a program that tampers with its own interpreter can pass these)."""
+    if job.exec(plan.setup, fill=True).status != "ok":
+        raise ValueError("the problem's setup fails inside the sandbox")
+    names = [f"import {m}" for m in plan.modules] + [f"{a} = {t}" for a, t in plan.remote.items() if a != t]
+    if job.exec("\n".join(names)).status != "ok":  # e.g. the program lacks the entry point
+        return [False] * plan.count
+    verdicts = [job.exec(source).status == "ok" for source in plan.statements]
+    return [ok for ok, is_test in zip(verdicts, plan.tests) if is_test]
+
+
+def run_cases(plan: Plan, job: Job) -> list[bool]:
+    passed = []
+    for stdin, expected in plan.cases:
+        reply = job.run(stdin)
+        passed.append(reply.status == "ok" and _normalise(reply.body) == _normalise(expected))
+    return passed
 
 
 def _normalise(text: str) -> str:
@@ -145,14 +171,24 @@ def code_reward(completion: str, problem: Problem, *, mode: str = "fraction", wa
     """Pass fraction (or all-pass) of the final code block against the problem's tests, run in the sandbox.
 
     Options: `mode` fraction|all, `warm` sandboxes kept started in this process, and any `sandbox.Limits` field
-    (timeout_s, case_timeout_s, memory_mb, ...). Raises SandboxError on an infrastructure failure (masked upstream).
+    (case_cpu_s, case_timeout_s, timeout_s, memory_mb, ...). Raises SandboxError on an infrastructure failure and
+    ValueError on a problem whose tests are broken (both masked upstream).
     """
-    tests = code_tests(problem)
+    plan = plan_tests(problem.metadata)
     code = last_code_block(completion)
     if code is None:
         return 0.0
-    results = _pool(warm, limits).run(code, tests.kind, tests.cases)
-    passed = [tests.passed(i, r.status, r.output) for i, r in enumerate(results)]
+    pool = _pool(warm, limits)
+    if plan.kind == "stdio":
+        with pool.job(code, "stdio") as job:
+            passed = run_cases(plan, job)
+    else:
+        try:
+            with pool.job(code, "call") as job:
+                passed = evaluate(plan, job)
+        except _NeedsWhole:
+            with pool.job(code, "call") as job:
+                passed = evaluate_whole(plan, job)
     if mode == "all":
         return float(all(passed))
     return sum(passed) / len(passed)
@@ -181,10 +217,13 @@ def check_options(options: dict[str, Any]) -> None:
     bad = [k for k, v in _limits(options).items() if not isinstance(v, (int, float)) or v <= 0]
     if bad or not (isinstance(options.get("warm", 2), int) and options.get("warm", 2) >= 0):
         raise ValueError(f"code reward options {bad or ['warm']} must be positive numbers (warm: an int >= 0)")
+    Limits(**_limits(options)).check()
 
 
 # The registry's optional hooks (rewards/registry.py): options checked before any actor starts, isolation checked
-# where the reward actor runs, and warm sandboxes started in each verifier process before its first call.
+# where the reward actor runs, warm sandboxes started in each verifier process before its first call, and the
+# promise that the reward bounds its own time (so the verifier pool's hard timeout is never the program's doing).
 code_reward.check_options = check_options  # type: ignore[attr-defined]
 code_reward.self_test = lambda options: self_test(Limits(**_limits(options)))  # type: ignore[attr-defined]
 code_reward.prepare = lambda options: _pool(options.get("warm", 2), _limits(options))  # type: ignore[attr-defined]
+code_reward.bounds_own_time = True  # type: ignore[attr-defined]  # a hard timeout of the verifier masks, never scores

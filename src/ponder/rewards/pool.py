@@ -150,11 +150,22 @@ class HardTimeoutPool:
                         results[index] = Result("error", error=f"reward worker died (exit code {code})")
                         self._abandon(slot, pending, todo)
                 elif time.monotonic() >= deadline:
-                    results[pending.popleft()] = Result("timeout", 0.0, f"killed after {self._timeout_s:.1f}s")
+                    index = pending.popleft()
+                    results[index] = self._timed_out(tasks[index])
                     self._abandon(slot, pending, todo)
                 if not pending:
                     del busy[slot]
         return results  # type: ignore[return-value]
+
+    def _timed_out(self, task: Task) -> Result:
+        """A hung call scores 0 (the completion made the verifier hang), unless the reward bounds its own time (the
+        code sandbox): then only the infrastructure can have hung it, and the sample is masked."""
+        from ponder.rewards.registry import resolve
+
+        if getattr(resolve(task.reward), "bounds_own_time", False):
+            return Result("error", error=f"{task.reward} did not finish within reward.timeout_s "
+                                         f"({self._timeout_s:.1f}s) although it bounds its own time")
+        return Result("timeout", 0.0, f"killed after {self._timeout_s:.1f}s")
 
     def _hand(self, slot: int, chunk: list[Task]) -> bool:
         """Give a chunk to a worker; an idle worker killed from outside is replaced first. False: none came up."""

@@ -1,9 +1,10 @@
 """Reward functions by name: a plain dict of the built-ins, plus any function by import path `pkg.module:function`.
 
-A reward function may carry three optional hooks: `check_options(options)` raises ValueError on options it does not
-take (otherwise its signature decides; run before any actor starts), `self_test(options)` checks where the reward
-actor runs that it can score at all (the code sandbox: isolation in force), and `prepare(options)` readies each
-verifier process before its first call (warm sandboxes).
+A reward function may carry optional hooks: `check_options(options)` raises ValueError on options it does not take
+(otherwise its signature decides; run before any actor starts), `self_test(options)` checks where the reward actor
+runs that it can score at all (the code sandbox: isolation in force), `prepare(options)` readies each verifier process
+before its first call (warm sandboxes), and `bounds_own_time = True` says that the function ends within its own
+limits, so a verifier process it leaves hung is an infrastructure failure (masked) rather than the completion's (0).
 """
 
 from __future__ import annotations

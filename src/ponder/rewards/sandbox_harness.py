@@ -1,161 +1,318 @@
-"""The trusted harness that runs inside the sandbox, before and around the untrusted program. Standard library only.
+"""The trusted harness inside the sandbox: runs each request of a job in a filtered child, under CPU and wall limits,
+and keeps the sandbox clean between jobs. Standard library only.
 
-It is not imported: `sandbox.py` passes this file's source to `python3 -I -S -c` inside bubblewrap. It makes itself
-undumpable (no ptrace, no /proc/<pid>/fd for the program), says `ready`, reads one job (one JSON line on stdin), and
-runs each case in a forked child in its own process group, with the case's input on stdin, under a per-case wall
-timeout and an output cap. One JSON line per case goes back on stdout: status and (capped) output. The parent never
-trusts these lines: it compares outputs itself, against expected values that never enter the sandbox.
+It is not imported: `sandbox.py` runs `python3 -I -S -c <seccomp.py + this file> <runner source> <limits>` under
+bubblewrap with `--as-pid-1`: the harness is the sandbox's init, and no other process outlives a job.
 
-After a job it sweeps: kills every other process in the sandbox's pid namespace (`kill(-1)`; bubblewrap's init is
-immune) and empties /work and /tmp, then says `done` and `ready` for the next job. If the sweep fails it says `dirty`
-and exits, and the parent discards the sandbox. The harness's own memory is never touched by a program: programs
-run only in forked children.
+The result channel. The harness talks to the parent only on fds 3 (jobs and requests in) and 4 (replies out), framed
+JSON (4-byte length, then the text). No other process in the sandbox holds them, and the harness is undumpable (no
+ptrace, /proc/1/fd, /proc/1/mem or pidfd_getfd for anyone), and as pid 1 of its namespace it ignores every signal sent
+from inside. Each child closes the channel before it execs a fresh interpreter (so it inherits no harness memory),
+under the seccomp filter, in a session of its own: it cannot read, signal, trace or re-limit the harness. Every reply
+carries the job's nonce (a random value only the harness and the parent know) and its sequence number; the parent
+refuses anything else. The child for a job's first request is started before the job arrives (after the last
+sweep), so a job does not wait for an interpreter to start.
 
-Job: {"code": str, "kind": "call" | "stdio", "cases": [str], "case_timeout_s": float, "output_bytes": int}
-  call:  each case is an expression; the child runs the code, evaluates the expression and writes `repr` of the value
-         (plain data only: anything else is refused) to the output pipe. The program's own prints are discarded.
-  stdio: each case is stdin text; the child runs the code as __main__ and its stdout is the output.
+A job: {"nonce", "code", "kind": "call" | "stdio"}, then requests, each answered by one reply:
+  call: {"op": "call", "name", "args", "kwargs"} (plain-data JSON) -> {"status", "value"}: the program, loaded once
+        per job in a persistent child (reloaded after a failed request), calls its function `name`;
+        {"op": "exec", "source", "fill"} runs trusted test code beside the program (the inexact fallback);
+  stdio: {"op": "run", "stdin"} -> {"status", "output"}: a fresh child runs the program as __main__.
+  {"op": "end"} -> {"end": <requests answered>, "clean": bool}; after a clean end the next job may come.
+
+Verdicts that do not depend on machine load: a request fails as too slow ("timeout") when the job's processes used
+more than `case_cpu_s` of CPU on it. `case_timeout_s` of wall time is a backstop: a request killed there fails
+("timeout") if it slept or blocked, and is reported "starved" (the parent masks the sample) if it spent most of that
+time runnable but waiting for a CPU that processes outside its own job held. The job's own time (wall minus that
+wait) is capped at `budget_s`: later requests fail. Statuses: ok, error, timeout, starved, output_limit, not_plain,
+died, and unavailable (no child process could be started: the parent masks the sample).
+
+After a job it sweeps: kills every process but itself, removes SysV IPC objects and POSIX queues, empties
+/work and /tmp, and compares its own process state (limits, nice, affinity, scheduler, I/O priority, OOM score,
+timer slack, cgroup, keyrings, mounts, /work and /tmp modes) with what it was at start. Any difference, or a sweep that fails,
+ends the sandbox ("clean": false): a poisoned sandbox never serves another job.
 """
 
+import ctypes
 import json
 import os
+import resource
 import select
 import signal
 import sys
 import time
 
-PLAIN = (int, float, complex, str, bytes, bool, type(None))
+PYTHON = "/usr/bin/python3"
+JOB_IN, REPLY_OUT = 3, 4
+TICK = os.sysconf("SC_CLK_TCK")
+FIRST_POLL_S, MAX_POLL_S = 0.005, 0.05
+CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+IOPRIO_GET = {"x86_64": 252, "aarch64": 31}
 
 
-def plain_repr(value, depth=0):
-    """repr of plain data only: a value whose type is not exactly a builtin container or scalar is refused."""
-    if depth > 50:
-        raise ValueError("value nested too deep")
-    kind = type(value)
-    if kind in PLAIN:
-        return repr(value)
-    if kind in (list, tuple, set, frozenset):
-        items = ", ".join(plain_repr(v, depth + 1) for v in value)
-        if kind is list:
-            return "[" + items + "]"
-        if kind is tuple:
-            return "(" + items + ("," if len(value) == 1 else "") + ")"
-        return kind.__name__ + "([" + items + "])"
-    if kind is dict:
-        return "{" + ", ".join(plain_repr(k, depth + 1) + ": " + plain_repr(v, depth + 1) for k, v in value.items()) + "}"
-    raise TypeError("result of type " + kind.__name__ + " is not plain data")
+def frame(record):
+    data = json.dumps(record).encode()
+    return len(data).to_bytes(4, "big") + data
 
 
-def run_child(job, case, out_fd):
-    os.setpgid(0, 0)
-    stdin = os.memfd_create("stdin")
-    os.write(stdin, (case if job["kind"] == "stdio" else "").encode())
-    os.lseek(stdin, 0, os.SEEK_SET)
-    os.dup2(stdin, 0)
-    if job["kind"] == "stdio":
-        os.dup2(out_fd, 1)
-    else:
-        os.dup2(os.open("/dev/null", os.O_WRONLY), 1)
-    os.dup2(os.open("/dev/null", os.O_WRONLY), 2)
-    if job["kind"] == "stdio":
-        os.closerange(3, 1 << 16)
-        namespace = {"__name__": "__main__"}
-        exec(compile(job["code"], "solution.py", "exec"), namespace)
-        sys.stdout.flush()
-        return
-    os.dup2(out_fd, 3)
-    os.closerange(4, 1 << 16)
-    namespace = {"__name__": "solution"}
-    exec(compile(job["code"], "solution.py", "exec"), namespace)
-    text = plain_repr(eval(compile(case, "test", "eval"), namespace))
-    os.write(3, text.encode("utf-8", "replace"))
+def send(fd, record):
+    os.write(fd, frame(record))  # the parent always reads: a blocking write is fine
 
 
-def run_case(job, case):
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        code = 0
-        try:
-            run_child(job, case, write_fd)
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        except BaseException:
-            code = 1
-        os._exit(code)
-    try:
-        os.setpgid(pid, pid)  # also here: the kill below must not race the child's own setpgid
-    except OSError:
-        pass
-    os.close(write_fd)
-    deadline = time.monotonic() + job["case_timeout_s"]
-    chunks, size, status = [], 0, None
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            status = "timeout"
-            break
-        ready, _, _ = select.select([read_fd], [], [], left)
-        if not ready:
-            continue
-        chunk = os.read(read_fd, 65536)
+def recv(fd):
+    head = _read_exactly(fd, 4)
+    return None if head is None else json.loads(_read_exactly(fd, int.from_bytes(head, "big")))
+
+
+def _read_exactly(fd, size):
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
         if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > job["output_bytes"]:
-            status = "output_limit"
-            break
-    os.close(read_fd)
-    exited = None
-    while status is None:  # output closed: the child has the rest of its time to exit
-        done, wait_status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            exited = wait_status
-            break
-        if time.monotonic() >= deadline:
-            status = "timeout"
-            break
-        time.sleep(0.002)
+            return None
+        data += chunk
+    return data
+
+
+def cpu_seconds():
+    """CPU used by every process of the sandbox but the harness: live ones, and dead ones reaped by their parents
+    (cutime) or by the harness (its cutime). Each process's time is counted once, with its own or its reaper's."""
+    ticks = 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            fields = _stat(pid)
+            if fields:
+                ticks += sum(fields[11:15]) if pid != "1" else fields[13] + fields[14]
+    return ticks / TICK
+
+
+def _stat(pid):
     try:
-        os.killpg(pid, signal.SIGKILL)  # the case's whole group, also after a clean exit (background children)
+        text = open("/proc/" + pid + "/stat").read()
+    except OSError:
+        return None
+    return [int(x) if x.lstrip("-").isdigit() else 0 for x in text[text.rindex(")") + 2:].split()]
+
+
+def schedstat(pid):
+    """(ns on a CPU, ns runnable but waiting for one) of a process's main thread; zeros where the kernel has none."""
+    try:
+        on_cpu, waiting = open("/proc/%d/schedstat" % pid).read().split()[:2]
+        return int(on_cpu), int(waiting)
+    except (OSError, ValueError):
+        return 0, 0
+
+
+class Child:
+    """One filtered child: a fresh interpreter running the runner, waiting for its first frame (the program)."""
+
+    def __init__(self, filt, limits):
+        requests_r, self.requests = os.pipe()
+        self.replies, replies_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                self._exec(filt, limits, requests_r, replies_w)
+            finally:
+                os._exit(127)
+        os.close(requests_r)
+        os.close(replies_w)
+        os.set_blocking(self.requests, False)
+        self.status, self.kind, self.got = None, None, b""
+
+    @staticmethod
+    def _exec(filt, limits, requests_r, replies_w):
+        os.setsid()  # its own session and group: it can never join the harness's
+        null = os.open("/dev/null", os.O_RDWR)
+        sources = [os.dup(fd) for fd in (null, null, null, requests_r, replies_w)]  # clear of 0-4
+        for target, fd in enumerate(sources):
+            os.dup2(fd, target)
+        os.closerange(5, 1 << 16)
+        resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"]))
+        install(filt)
+        os.execve(PYTHON, [PYTHON, "-I", "-S", "-c", sys.argv[1]], CHILD_ENV)
+
+    def reap(self, block=False):
+        if self.status is None:
+            try:
+                done, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if done:
+                self.status = status
+        return self.status
+
+    def close(self):
+        for fd in (self.requests, self.replies):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def serve(child, pending, limits, started):
+    """Write `pending` to the child, then wait for its answer under the limits; returns (status, body, own_s)."""
+    cpu0, (_, waited0) = cpu_seconds(), schedstat(child.pid)
+    child.got, poll = b"", FIRST_POLL_S
+    while True:
+        readable, writable, _ = select.select([child.replies], [child.requests] if pending else [], [], poll)
+        if writable:
+            try:
+                pending = pending[os.write(child.requests, pending):]
+            except (BlockingIOError, BrokenPipeError):
+                pass
+        if readable:
+            chunk = os.read(child.replies, 65536)
+            child.got += chunk
+            if len(child.got) > limits["output_bytes"] + 4:
+                return "output_limit", "more than %d bytes" % limits["output_bytes"], time.monotonic() - started
+            if not chunk or _complete(child):
+                return _finish(child, started, limits)
+        poll = min(poll * 2, MAX_POLL_S)
+        used = cpu_seconds() - cpu0
+        wall = time.monotonic() - started
+        if used > limits["case_cpu_s"]:
+            return "timeout", "used %.2f s of CPU" % used, wall
+        if wall > limits["case_timeout_s"]:
+            _, waited = schedstat(child.pid)
+            external = max(0.0, (waited - waited0) / 1e9 - used)  # the waiting its own processes caused is its own
+            if external > wall / 2:
+                return "starved", "waited %.2f s of %.2f s for a CPU" % (external, wall), wall - external
+            return "timeout", "%.2f s wall, %.2f s CPU" % (wall, used), wall - external
+
+
+def _complete(child):
+    if child.kind == "stdio":
+        return False  # stdout ends at EOF
+    return len(child.got) >= 4 and len(child.got) >= 4 + int.from_bytes(child.got[:4], "big")
+
+
+def _finish(child, started, limits):
+    """The reply or the output is in; a stdio child has the rest of its time to exit."""
+    own = time.monotonic() - started
+    if child.kind == "call":
+        if not _complete(child):
+            return "died", _exit_text(child), own
+        size = int.from_bytes(child.got[:4], "big")
+        try:
+            reply = json.loads(child.got[4:4 + size])
+            return str(reply["status"]), str(reply["body"]), own
+        except (ValueError, KeyError, TypeError):
+            return "died", "an unreadable reply", own
+    deadline = started + limits["case_timeout_s"]
+    while child.reap() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    status = child.reap()
+    if status is None:
+        return "timeout", "did not exit", time.monotonic() - started
+    if status != 0:
+        return "died", _exit_text(child), own
+    return "ok", child.got.decode("utf-8", "replace"), own
+
+
+def _exit_text(child):
+    status = child.reap()
+    if status is None:
+        return "closed its reply pipe"
+    if os.WIFSIGNALED(status):
+        return "signal %d" % os.WTERMSIG(status)
+    return "exit %d" % os.WEXITSTATUS(status)
+
+
+def kill_all():
+    """Kill every process here but the harness (a child's whole session, and anything that left it), and reap."""
+    try:
+        os.kill(-1, signal.SIGKILL)  # from the namespace's init: everyone else in the namespace
     except ProcessLookupError:
         pass
-    if exited is None:
-        _, exited = os.waitpid(pid, 0)
-    if status is None:
-        if os.WIFSIGNALED(exited):
-            status = "signal " + str(os.WTERMSIG(exited))
-        elif os.WEXITSTATUS(exited) != 0:
-            status = "exit " + str(os.WEXITSTATUS(exited))
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        if not [p for p in os.listdir("/proc") if p.isdigit() and p != "1"]:
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def run_job(job, spare, filt, limits):
+    """Answer the job's requests; returns how many were answered."""
+    kind, nonce = job["kind"], job["nonce"]
+    child, own_total, answered, load_error = spare, 0.0, 0, None
+    while True:
+        request = recv(JOB_IN)
+        if request is None or request.get("op") == "end":
+            if child is not None:
+                child.close()
+            return answered
+        started = time.monotonic()
+        if own_total > limits["budget_s"]:
+            status, body, own = "timeout", "the job's time budget is spent", 0.0
+        elif load_error is not None:
+            status, body, own = "error", load_error, 0.0
         else:
-            status = "ok"
-    output = b"".join(chunks)[: job["output_bytes"]].decode("utf-8", "replace")
-    return {"status": status, "output": output}
+            pending = b""
+            if child is None:
+                try:
+                    child = Child(filt, limits)
+                except OSError as e:  # no process to be had (e.g. another sandbox's fork bomb): not this program's
+                    send(REPLY_OUT, {"nonce": nonce, "seq": answered + 1, "status": "unavailable", "body": str(e)})
+                    return answered + 1
+            if child.kind is None:  # a fresh child: the program first
+                child.kind = kind
+                pending = frame({"code": job["code"], "kind": kind, "stdin": request.get("stdin", "")})
+            if kind == "call":
+                pending += frame(request)
+            status, body, own = serve(child, pending, limits, started)
+            if status == "error" and body.startswith("load: "):
+                load_error = body  # the program itself fails to load: every request fails alike, no reloads
+            if status not in ("ok", "error", "not_plain") or kind == "stdio":
+                child.close()
+                kill_all()
+                child = None
+        own_total += own
+        answered += 1
+        send(REPLY_OUT, {"nonce": nonce, "seq": answered, "status": status, "body": body[:limits["output_bytes"]],
+                         "wall_s": round(time.monotonic() - started, 4)})
+
+
+def snapshot():
+    """The harness's own state and the sandbox's shared state, as a program could try to change them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    state = {
+        "rlimits": [resource.getrlimit(getattr(resource, n)) for n in sorted(dir(resource)) if n.startswith("RLIMIT_")],
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "scheduler": (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority),
+        "ioprio": libc.syscall(IOPRIO_GET.get(os.uname().machine, -1), 1, 0),  # IOPRIO_WHO_PROCESS, self
+        "dirs": [(d, os.stat(d).st_mode, os.stat(d).st_uid, sorted(os.listdir(d))) for d in ("/work", "/tmp")],
+        "queues": sorted(os.listdir("/dev/mqueue")),
+    }
+    for name in ("/proc/self/oom_score_adj", "/proc/self/timerslack_ns", "/proc/self/cgroup", "/proc/self/mountinfo",
+                 "/proc/keys", "/proc/key-users"):
+        try:
+            state[name] = open(name).read()
+        except OSError as e:
+            state[name] = "unreadable: %s" % e.errno
+    for kind in ("shm", "sem", "msg"):
+        state["sysv " + kind] = len(open("/proc/sysvipc/" + kind).read().splitlines()) - 1
+    return state
 
 
 def sweep():
-    """Leave the sandbox as a new one: every other process killed, /work and /tmp empty. False if that failed."""
-    try:
-        os.kill(-1, signal.SIGKILL)  # every process here but this one and bubblewrap's init
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline:
-        others = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, os.getpid())]
-        if not others:
-            break
-        time.sleep(0.002)
-    else:
+    """Leave the sandbox as it started: no process, IPC object, queue or file left behind."""
+    if not kill_all():
         return False
-    import ctypes
-
     libc = ctypes.CDLL(None)
     for kind, remove in (("shm", lambda i: libc.shmctl(i, 0, None)), ("sem", lambda i: libc.semctl(i, 0, 0)),
                          ("msg", lambda i: libc.msgctl(i, 0, None))):  # SysV IPC objects outlive processes: IPC_RMID
         for row in open("/proc/sysvipc/" + kind).read().splitlines()[1:]:
             remove(int(row.split()[1]))
+    for name in os.listdir("/dev/mqueue"):
+        os.unlink("/dev/mqueue/" + name)
     for top in ("/work", "/tmp"):
         for root, dirs, files in os.walk(top, topdown=False):
             for name in files:
@@ -163,35 +320,31 @@ def sweep():
             for name in dirs:
                 path = os.path.join(root, name)
                 os.unlink(path) if os.path.islink(path) else os.rmdir(path)
-    left = [kind for kind in ("shm", "sem", "msg") if len(open("/proc/sysvipc/" + kind).read().splitlines()) > 1]
-    return not os.listdir("/work") and not os.listdir("/tmp") and not left
+    return True
 
 
 def main():
-    import ctypes
-
-    if os.getpid() != 2:  # pid 2 under bubblewrap's init; outside a pid namespace sweep()'s kill(-1) is a disaster
-        sys.exit("the sandbox harness runs only inside the sandbox (as pid 2 of its own pid namespace)")
-
-    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no ptrace or /proc/<pid>/fd of the harness
+    if os.getpid() != 1:  # outside a pid namespace of its own, kill(-1) would be a disaster
+        sys.exit("the sandbox harness runs only inside the sandbox (as pid 1 of its own pid namespace)")
+    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no ptrace, pidfd_getfd or /proc/1/* for anyone
+    limits, filt = json.loads(sys.argv[2]), prepare()
+    start = snapshot()
+    spare = Child(filt, limits)  # failing here is failing to start: the parent sees no "ready"
+    send(REPLY_OUT, {"ready": True})
     while True:
-        sys.stdout.write("ready\n")
-        sys.stdout.flush()
-        line = sys.stdin.readline()
-        if not line:
+        job = recv(JOB_IN)
+        if job is None:
             return
-        job = json.loads(line)
-        for index, case in enumerate(job["cases"]):
-            result = run_case(job, case)
-            result["index"] = index
-            sys.stdout.write(json.dumps(result) + "\n")
-            sys.stdout.flush()
+        answered = run_job(job, spare, filt, limits)
         try:
-            clean = sweep()
+            clean = sweep() and snapshot() == start
         except OSError:  # e.g. a directory the program made unreadable
             clean = False
-        sys.stdout.write("done\n" if clean else "dirty\n")
-        sys.stdout.flush()
+        try:
+            spare = Child(filt, limits) if clean else None
+        except OSError:
+            spare = None  # started on demand instead
+        send(REPLY_OUT, {"nonce": job["nonce"], "end": answered, "clean": clean})
         if not clean:
             return
 

