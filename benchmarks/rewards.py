@@ -8,8 +8,8 @@ the demo's rollout samples/s (256 samples per step over the generation time of a
 
 B5 — code execution: one job = a small solution + 3 assert tests. Three ways, interleaved:
   - bare: `subprocess.run([python3, "-c", solution + tests])`, no isolation (what an unisolated reward does);
-  - sandbox, cold: a new `Sandbox` per job (bubblewrap, harness and a child interpreter start, run, kill);
-  - sandbox, warm pool: `SandboxPool(warm=2).job` (started sandboxes, each with a child interpreter waiting, proven
+  - sandbox, cold: a new `Sandbox` per job (bubblewrap, the harness and its zygote interpreter start, run, kill);
+  - sandbox, warm pool: `SandboxPool(warm=2).job` (started sandboxes whose zygotes fork each program's child, proven
     clean and reused between jobs).
 Both sandboxed ways evaluate the asserts as the code reward does: in this process, on the plain values the program's
 calls return from the sandbox (`rewards.code.evaluate`).

@@ -165,6 +165,15 @@ POISON = {  # each returns "poisoned" if its change took effect
     "memory of the harness": "def f(x):\n    open('/proc/1/mem', 'r+b').close()\n    return 'poisoned'",
     "harness's timer slack": "def f(x):\n    with open('/proc/1/timerslack_ns', 'w') as fh:\n"
     "        fh.write('1')\n    return 'poisoned'",
+    # the zygote, which forked this program and forks the next sample's: its parent
+    "stop the zygote": "import os, signal\ndef f(x):\n    os.kill(os.getppid(), signal.SIGSTOP)\n    return 'poisoned'",
+    "kill the zygote": "import os, signal\ndef f(x):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return 'poisoned'",
+    "the zygote's group": "import os, signal\ndef f(x):\n    os.killpg(os.getppid(), signal.SIGSTOP)\n"
+    "    return 'poisoned'",
+    "memory of the zygote": "import os\ndef f(x):\n    open(f'/proc/{os.getppid()}/mem', 'r+b').close()\n"
+    "    return 'poisoned'",
+    "rlimit of the zygote": "import os, resource\n"
+    "def f(x):\n    resource.prlimit(os.getppid(), resource.RLIMIT_NOFILE, (5, 5))\n    return 'poisoned'",
 }
 # changes a program may make to what it owns, which the sweep must notice (sandbox discarded) or undo
 DETECTED = {
@@ -202,7 +211,7 @@ class TestHarnessState:
         before = pool_pids()
         assert score(UNDONE[name], ["assert f(1) == 'poisoned'"]) == 1.0
         for _ in range(OPTIONS["warm"]):  # whichever sandbox the next sample lands on is as new
-            assert score(LEFTOVERS, ["assert f(1) == [[], [], 0, 1]"]) == 1.0  # nothing but the program itself
+            assert score(LEFTOVERS, ["assert f(1) == [[], [], 0, 2]"]) == 1.0  # the program and the zygote
         assert pool_pids() == before  # swept clean, so reused
 
 

@@ -143,13 +143,23 @@ def evaluate(plan: Plan, job: Job) -> list[bool]:
 def evaluate_whole(plan: Plan, job: Job) -> list[bool]:
     """The fallback: setup and statements run inside the sandbox beside the program; the verdicts are the sandbox's
     (a program that tampers with its own interpreter can pass these)."""
-    if job.exec(plan.setup, fill=True).status != "ok":
-        raise ValueError("the problem's setup fails inside the sandbox")
-    names = [f"import {m}" for m in plan.modules] + [f"{a} = {t}" for a, t in plan.remote.items() if a != t]
-    if job.exec("\n".join(names)).status != "ok":  # e.g. the program lacks the entry point
+    names = "\n".join([f"import {m}" for m in plan.modules] + [f"{a} = {t}" for a, t in plan.remote.items() if a != t])
+
+    def prepare() -> bool:  # again after a statement that cost the program its process (a fresh one has no setup)
+        if job.exec(plan.setup, fill=True).status != "ok":
+            raise ValueError("the problem's setup fails inside the sandbox")
+        return job.exec(names).status == "ok"  # not ok: e.g. the program lacks the entry point
+
+    if not prepare():
         return [False] * plan.count
-    verdicts = [job.exec(source).status == "ok" for source in plan.statements]
-    return [ok for ok, is_test in zip(verdicts, plan.tests) if is_test]
+    verdicts = []
+    for source, is_test in zip(plan.statements, plan.tests):
+        status = job.exec(source).status
+        if is_test:
+            verdicts.append(status == "ok")
+        if status not in ("ok", "error") and not prepare():
+            return verdicts + [False] * (plan.count - len(verdicts))
+    return verdicts
 
 
 def run_cases(plan: Plan, job: Job) -> list[bool]:

@@ -9,13 +9,14 @@ the sandbox it will share with later programs, forge results, or return objects 
     `file_mb` each, emptied after every job.
   - Identity and processes: new user, pid, ipc, uts, cgroup and network namespaces; uid/gid 65534 inside, and as the
     real uid outside when the parent is root (so RLIMIT_NPROC applies); all capabilities dropped; no nested user
-    namespaces; a new session. The program sees only its own job's processes, the harness (pid 2) and bubblewrap's
-    init (pid 1); when init dies (wall backstop, parent death) the kernel kills every process left inside.
-  - Reaching other processes: each program runs in a fresh interpreter under a seccomp filter (`seccomp.py`) that
-    denies ptrace, pidfd_getfd, process_vm_readv/writev and their kin, signals to pids 1 and 2, and changing any
-    other process's limits or scheduling; keyrings and POSIX queues are denied too.
-  - The result channel: two pipes on fds 3 and 4 that only the undumpable harness holds (bubblewrap's init closes
-    every fd but stdio). Every reply carries a per-job nonce and a sequence number; anything else is refused.
+    namespaces; a new session. The program sees only its own job's processes, the harness (the namespace's init,
+    pid 1) and the zygote that forked it; when the harness dies (parent death) the kernel kills everything inside.
+  - Reaching other processes: each program runs in a child forked from a pristine, undumpable zygote interpreter that
+    never sees job data, under a seccomp filter (`seccomp.py`) that denies ptrace, pidfd_getfd, process_vm_readv/writev
+    and their kin, signals to the harness and the zygote, and changing any other process's limits or scheduling;
+    keyrings and POSIX queues are denied too.
+  - The result channel: two pipes on fds 3 and 4 that only the undumpable harness holds. Every reply carries a
+    per-job nonce and a sequence number; anything else is refused.
   - Environment: bubblewrap itself starts with only PATH, so no secret of the parent is readable inside.
   - Network: only a loopback of its own; no route out, no DNS, no host loopback.
   - Resources: RLIMIT_AS, CPU, NPROC, FSIZE, NOFILE and CORE with soft = hard, cgroup-v1 `pids.max` and a CPU quota
@@ -56,8 +57,8 @@ from typing import Any, Optional
 SANDBOX_UID = 65534  # nobody
 PYTHON = "/usr/bin/python3"  # the system interpreter under /usr: stdlib only, nothing from the project's venv
 _HERE = Path(__file__).parent
-HARNESS = (_HERE / "seccomp.py").read_text() + (_HERE / "sandbox_harness.py").read_text()
-RUNNER = (_HERE / "plain.py").read_text() + (_HERE / "sandbox_runner.py").read_text()
+HARNESS = (_HERE / "sandbox_harness.py").read_text()
+RUNNER = "".join((_HERE / name).read_text() for name in ("seccomp.py", "plain.py", "sandbox_runner.py"))
 CGROUP_ROOT = Path("/sys/fs/cgroup")  # cgroup v1 controllers: pids, cpu
 START_TIMEOUT_S = 20.0  # a cold start on a loaded 2-core machine; an idle one takes ~0.1 s
 HARNESS_CPU_S = 600  # RLIMIT_CPU of the harness over its whole life; each child gets `cpu_s`
@@ -107,9 +108,9 @@ class Reply:
 
 def bwrap_command(limits: Limits) -> list[str]:
     size = str(limits.file_mb << 20)
-    cmd = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--as-pid-1", "--uid", str(SANDBOX_UID), "--gid",
-           str(SANDBOX_UID), "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox",
-           "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8",
+    cmd = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--as-pid-1", "--uid", str(SANDBOX_UID),
+           "--gid", str(SANDBOX_UID), "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname",
+           "sandbox", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8",
            "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev", "--mqueue", "/dev/mqueue",
            "--size", size, "--tmpfs", "/work", "--size", size, "--tmpfs", "/tmp", "--chdir", "/work"]
     for top in ("/bin", "/lib", "/lib64", "/sbin"):  # merged-/usr systems link these; others get them read-only
@@ -433,10 +434,12 @@ facts["rlimit_as"] = resource.getrlimit(resource.RLIMIT_AS)
 libc = ctypes.CDLL(None, use_errno=True)
 facts["filtered"] = []  # calls the filter denies that the kernel alone would allow here
 for name, number, args in (("kill(1, 0)", {"x86_64": 62, "aarch64": 129}, (1, 0)),
+                           ("kill(zygote, 0)", {"x86_64": 62, "aarch64": 129}, (os.getppid(), 0)),
                            ("pidfd_open(self)", {"x86_64": 434, "aarch64": 434}, (os.getpid(), 0))):
     if libc.syscall(number[os.uname().machine], *args) == -1 and ctypes.get_errno() == errno.EPERM:
         facts["filtered"].append(name)
-facts["harness_visible"] = [p for p in ("/proc/1/fd", "/proc/1/mem") if os.access(p, os.R_OK)]
+facts["harness_visible"] = [p for pid in (1, os.getppid()) for p in (f"/proc/{pid}/fd", f"/proc/{pid}/mem")
+                            if os.access(p, os.R_OK)]
 facts["schedstat"] = os.path.exists("/proc/self/schedstat")
 print(json.dumps(facts))
 """
@@ -462,8 +465,9 @@ def self_test(limits: Limits = Limits()) -> dict:
         ("host directories visible", not set(facts["visible"]) <= {"bin", "dev", "lib", "lib64", "proc", "sbin",
                                                                       "tmp", "usr", "work"}),
         ("memory limit not in force", facts["rlimit_as"] != expected_as),
-        ("seccomp filter not in force", len(facts["filtered"]) != 2),
-        ("the harness's file descriptors or memory are open to the program", facts["harness_visible"]),
+        ("seccomp filter not in force", len(facts["filtered"]) != 3),
+        ("the harness's or the zygote's file descriptors or memory are open to the program",
+         facts["harness_visible"]),
     ) if bad]
     if failures:
         raise SandboxError("sandbox isolation is not in force: " + "; ".join(failures) + f" (facts: {facts})")

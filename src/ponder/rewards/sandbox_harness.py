@@ -1,24 +1,27 @@
 """The trusted harness inside the sandbox: runs each request of a job in a filtered child, under CPU and wall limits,
 and keeps the sandbox clean between jobs. Standard library only.
 
-It is not imported: `sandbox.py` runs `python3 -I -S -c <seccomp.py + this file> <runner source> <limits>` under
-bubblewrap with `--as-pid-1`: the harness is the sandbox's init, and no other process outlives a job.
+It is not imported: `sandbox.py` runs `python3 -I -S -c <this file> <runner source> <limits>` under bubblewrap with
+`--as-pid-1`: the harness is the sandbox's init, and nothing a program starts outlives its job.
 
 The result channel. The harness talks to the parent only on fds 3 (jobs and requests in) and 4 (replies out), framed
 JSON (4-byte length, then the text). No other process in the sandbox holds them, and the harness is undumpable (no
 ptrace, /proc/1/fd, /proc/1/mem or pidfd_getfd for anyone), and as pid 1 of its namespace it ignores every signal sent
-from inside. Each child closes the channel before it execs a fresh interpreter (so it inherits no harness memory),
-under the seccomp filter, in a session of its own: it cannot read, signal, trace or re-limit the harness. Every reply
-carries the job's nonce (a random value only the harness and the parent know) and its sequence number; the parent
-refuses anything else. The child for a job's first request is started before the job arrives (after the last
-sweep), so a job does not wait for an interpreter to start.
+from inside. Every reply carries the job's nonce (a random value only the harness and the parent know) and its
+sequence number; the parent refuses anything else.
 
-A job: {"nonce", "code", "kind": "call" | "stdio"}, then requests, each answered by one reply:
-  call: {"op": "call", "name", "args", "kwargs"} (plain-data JSON) -> {"status", "value"}: the program, loaded once
-        per job in a persistent child (reloaded after a failed request), calls its function `name`;
+The children. At start the harness launches the zygote (`sandbox_runner.py`): a fresh, undumpable interpreter that
+never sees a job's data. Each program runs in a child the zygote forks (a millisecond, where a new interpreter costs
+tens): it closes what is not its own, takes a session of its own and the seccomp filter before the program's first
+line, so it can read, signal, trace or re-limit neither the harness nor the zygote, and it inherits no job's memory.
+
+A job: {"nonce", "code", "kind": "call" | "stdio"}, then requests, each answered by one reply {"nonce", "seq",
+"status", "body", "wall_s"}:
+  call: {"op": "call", "name", "args", "kwargs"} (plain-data JSON): the program, loaded once per job in a persistent
+        child (reloaded after a failed request), calls its function `name`; the body is the value's plain JSON;
         {"op": "exec", "source", "fill"} runs trusted test code beside the program (the inexact fallback);
-  stdio: {"op": "run", "stdin"} -> {"status", "output"}: a fresh child runs the program as __main__.
-  {"op": "end"} -> {"end": <requests answered>, "clean": bool}; after a clean end the next job may come.
+  stdio: {"op": "run", "stdin"}: a fresh child runs the program as __main__; the body is its stdout.
+  {"op": "end"} -> {"nonce", "end": <requests answered>, "clean": bool}; after a clean end the next job may come.
 
 Verdicts that do not depend on machine load: a request fails as too slow ("timeout") when the job's processes used
 more than `case_cpu_s` of CPU on it. `case_timeout_s` of wall time is a backstop: a request killed there fails
@@ -27,18 +30,21 @@ time runnable but waiting for a CPU that processes outside its own job held. The
 wait) is capped at `budget_s`: later requests fail. Statuses: ok, error, timeout, starved, output_limit, not_plain,
 died, and unavailable (no child process could be started: the parent masks the sample).
 
-After a job it sweeps: kills every process but itself, removes SysV IPC objects and POSIX queues, empties
-/work and /tmp, and compares its own process state (limits, nice, affinity, scheduler, I/O priority, OOM score,
-timer slack, cgroup, keyrings, mounts, /work and /tmp modes) with what it was at start. Any difference, or a sweep that fails,
-ends the sandbox ("clean": false): a poisoned sandbox never serves another job.
+After a job it sweeps: kills every process but itself and the zygote, removes SysV IPC objects and POSIX queues,
+empties /work and /tmp, checks that the zygote still waits (not stopped, not dead), and compares its own process
+state (limits, nice, affinity, scheduler, I/O priority, OOM score, timer slack, cgroup, keyrings, mounts, /work and
+/tmp modes) with what it was at start. Any difference, or a sweep that fails, ends the sandbox ("clean": false): a
+poisoned sandbox never serves another job.
 """
 
 import ctypes
+import fcntl
 import json
 import os
 import resource
 import select
 import signal
+import socket
 import sys
 import time
 
@@ -46,6 +52,7 @@ PYTHON = "/usr/bin/python3"
 JOB_IN, REPLY_OUT = 3, 4
 TICK = os.sysconf("SC_CLK_TCK")
 FIRST_POLL_S, MAX_POLL_S = 0.005, 0.05
+START_S, ANSWER_S = 20.0, 5.0  # the zygote's start on a loaded machine; any of its answers
 CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 IOPRIO_GET = {"x86_64": 252, "aarch64": 31}
 
@@ -103,43 +110,75 @@ def schedstat(pid):
         return 0, 0
 
 
-class Child:
-    """One filtered child: a fresh interpreter running the runner, waiting for its first frame (the program)."""
+class Zygote:
+    """The pristine interpreter that forks each program's child (`sandbox_runner.py`), and the harness's link to it."""
 
-    def __init__(self, filt, limits):
-        requests_r, self.requests = os.pipe()
-        self.replies, replies_w = os.pipe()
+    def __init__(self, limits):
+        self.link, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.pid = os.fork()
         if self.pid == 0:
             try:
-                self._exec(filt, limits, requests_r, replies_w)
+                os.setsid()
+                null = os.open("/dev/null", os.O_RDWR)
+                link = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD, 10)
+                for target, fd in enumerate((null, null, null, link)):
+                    os.dup2(fd, target)
+                os.closerange(4, 1 << 16)
+                os.execve(PYTHON, [PYTHON, "-I", "-S", "-c", sys.argv[1], json.dumps(limits)], CHILD_ENV)
             finally:
                 os._exit(127)
-        os.close(requests_r)
-        os.close(replies_w)
+        theirs.close()
+        self.link.settimeout(START_S)
+        if self.link.recv(64) != b"ready":
+            raise OSError("the zygote did not start")
+        self.link.settimeout(ANSWER_S)  # it answers in microseconds; only a broken sandbox makes it wait
+
+    def ask(self, message, fds=()):
+        socket.send_fds(self.link, [message], list(fds))
+        return self.link.recv(256).decode()
+
+    def spawn(self, fds):
+        answer = self.ask(b"spawn", fds)
+        if not answer.startswith("pid "):
+            raise OSError("no child: " + answer)
+        return int(answer[4:])
+
+    def alive(self):
+        """Running or waiting: not dead, stopped or traced."""
+        try:
+            text = open("/proc/%d/stat" % self.pid).read()
+        except OSError:
+            return False
+        return text[text.rindex(")") + 2] in "RS"
+
+
+class Child:
+    """One child of the zygote, set up for a program (filtered, its own session) and waiting for its first frame."""
+
+    def __init__(self, zygote):
+        """OSError if it could not be set up (no process, the filter refused): never the program's doing."""
+        requests_r, self.requests = os.pipe()
+        self.replies, replies_w = os.pipe()
+        failed_r, failed_w = os.pipe()
+        self.zygote = zygote
+        try:
+            self.pid = zygote.spawn((requests_r, replies_w, failed_w))
+        finally:
+            for fd in (requests_r, replies_w, failed_w):
+                os.close(fd)
+        failure = os.read(failed_r, 512)  # end-of-file once the child is set up (it closes its end)
+        os.close(failed_r)
         os.set_blocking(self.requests, False)
         self.status, self.kind, self.got = None, None, b""
+        if failure:
+            self.close()
+            raise OSError("the sandbox could not set up a child: " + failure.decode(errors="replace"))
 
-    @staticmethod
-    def _exec(filt, limits, requests_r, replies_w):
-        os.setsid()  # its own session and group: it can never join the harness's
-        null = os.open("/dev/null", os.O_RDWR)
-        sources = [os.dup(fd) for fd in (null, null, null, requests_r, replies_w)]  # clear of 0-4
-        for target, fd in enumerate(sources):
-            os.dup2(fd, target)
-        os.closerange(5, 1 << 16)
-        resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"]))
-        install(filt)
-        os.execve(PYTHON, [PYTHON, "-I", "-S", "-c", sys.argv[1]], CHILD_ENV)
-
-    def reap(self, block=False):
+    def reap(self):
         if self.status is None:
-            try:
-                done, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
-            except ChildProcessError:
-                return None
-            if done:
-                self.status = status
+            answer = self.zygote.ask(b"wait %d" % self.pid)
+            if answer.startswith("status "):
+                self.status = int(answer[7:])
         return self.status
 
     def close(self):
@@ -219,29 +258,33 @@ def _exit_text(child):
     return "exit %d" % os.WEXITSTATUS(status)
 
 
-def kill_all():
-    """Kill every process here but the harness (a child's whole session, and anything that left it), and reap."""
-    try:
-        os.kill(-1, signal.SIGKILL)  # from the namespace's init: everyone else in the namespace
-    except ProcessLookupError:
-        pass
+def kill_all(zygote):
+    """Kill every process here but the harness and the zygote (a child's whole session, and anything that left it),
+    and reap them; False if some would not go."""
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
+        others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, zygote.pid)]
+        for pid in others:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        zygote.ask(b"reap")
         try:
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:  # orphans, which the harness inherits as init
                 pass
         except ChildProcessError:
             pass
-        if not [p for p in os.listdir("/proc") if p.isdigit() and p != "1"]:
+        if not others:
             return True
-        time.sleep(0.002)
+        time.sleep(0.001)
     return False
 
 
-def run_job(job, spare, filt, limits):
+def run_job(job, zygote, limits):
     """Answer the job's requests; returns how many were answered."""
     kind, nonce = job["kind"], job["nonce"]
-    child, own_total, answered, load_error = spare, 0.0, 0, None
+    child, own_total, answered, load_error = None, 0.0, 0, None
     while True:
         request = recv(JOB_IN)
         if request is None or request.get("op") == "end":
@@ -254,13 +297,13 @@ def run_job(job, spare, filt, limits):
         elif load_error is not None:
             status, body, own = "error", load_error, 0.0
         else:
-            pending = b""
             if child is None:
                 try:
-                    child = Child(filt, limits)
+                    child = Child(zygote)
                 except OSError as e:  # no process to be had (e.g. another sandbox's fork bomb): not this program's
                     send(REPLY_OUT, {"nonce": nonce, "seq": answered + 1, "status": "unavailable", "body": str(e)})
                     return answered + 1
+            pending = b""
             if child.kind is None:  # a fresh child: the program first
                 child.kind = kind
                 pending = frame({"code": job["code"], "kind": kind, "stdin": request.get("stdin", "")})
@@ -271,7 +314,7 @@ def run_job(job, spare, filt, limits):
                 load_error = body  # the program itself fails to load: every request fails alike, no reloads
             if status not in ("ok", "error", "not_plain") or kind == "stdio":
                 child.close()
-                kill_all()
+                kill_all(zygote)
                 child = None
         own_total += own
         answered += 1
@@ -302,9 +345,9 @@ def snapshot():
     return state
 
 
-def sweep():
-    """Leave the sandbox as it started: no process, IPC object, queue or file left behind."""
-    if not kill_all():
+def sweep(zygote):
+    """Leave the sandbox as it started: no process but the zygote, no IPC object, queue or file left behind."""
+    if not kill_all(zygote) or not zygote.alive():
         return False
     libc = ctypes.CDLL(None)
     for kind, remove in (("shm", lambda i: libc.shmctl(i, 0, None)), ("sem", lambda i: libc.semctl(i, 0, 0)),
@@ -324,26 +367,22 @@ def sweep():
 
 
 def main():
-    if os.getpid() != 1:  # outside a pid namespace of its own, kill(-1) would be a disaster
+    if os.getpid() != 1:  # outside a pid namespace of its own, killing every other process would be a disaster
         sys.exit("the sandbox harness runs only inside the sandbox (as pid 1 of its own pid namespace)")
     ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no ptrace, pidfd_getfd or /proc/1/* for anyone
-    limits, filt = json.loads(sys.argv[2]), prepare()
+    limits = json.loads(sys.argv[2])
     start = snapshot()
-    spare = Child(filt, limits)  # failing here is failing to start: the parent sees no "ready"
+    zygote = Zygote(limits)  # failing here is failing to start: the parent sees no "ready"
     send(REPLY_OUT, {"ready": True})
     while True:
         job = recv(JOB_IN)
         if job is None:
             return
-        answered = run_job(job, spare, filt, limits)
+        answered = run_job(job, zygote, limits)
         try:
-            clean = sweep() and snapshot() == start
-        except OSError:  # e.g. a directory the program made unreadable
+            clean = sweep(zygote) and snapshot() == start
+        except OSError:  # e.g. a directory the program made unreadable, a zygote that stopped answering
             clean = False
-        try:
-            spare = Child(filt, limits) if clean else None
-        except OSError:
-            spare = None  # started on demand instead
         send(REPLY_OUT, {"nonce": job["nonce"], "end": answered, "clean": clean})
         if not clean:
             return

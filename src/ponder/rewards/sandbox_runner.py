@@ -1,10 +1,17 @@
-"""What a sandbox child runs, in a fresh interpreter under the seccomp filter: the untrusted program. Standard library
-only; `plain.py`'s source is prepended (encode/decode), and the harness runs it as `python3 -I -S -c <source>`.
+"""The sandbox's zygote and what its children run: the untrusted program. Standard library only; the sources of
+`seccomp.py` and `plain.py` are prepended, and the harness starts it once per sandbox as
+`python3 -I -S -c <source> <limits>`.
 
-It starts before its job exists (the harness keeps one ready) with fds 0-2 on /dev/null, 3 requests and 4 replies
-(framed JSON), and waits for its first frame: {"code", "kind", "stdin"}. Nothing here is trusted once the program's
-first line has run — the program can replace any of it — which is why the harness and the parent take what comes back
-as the program's answer (plain data, or stdout) and nothing more.
+The zygote is a pristine interpreter: it never sees a job's data (code, inputs, nonces), never runs a program, and is
+undumpable, so a program can neither read it nor write it; the filter its children run under denies signalling it.
+It talks to the harness on fd 3 (a SOCK_SEQPACKET socket): "spawn" with three fds (requests, replies, failure)
+forks a child and answers "pid N"; "wait N" answers "status S" or "running"; "reap" collects dead children. Forking
+a started interpreter costs a millisecond where starting one costs tens.
+
+A child: its own session, fds 0-2 on /dev/null, 3 requests and 4 replies (framed JSON), its CPU limit and the filter
+set before anything of the program runs; it then waits for its first frame, {"code", "kind", "stdin"}. Nothing in
+the child is trusted once the program's first line has run — the program can replace any of it — which is why the
+harness and the parent take what comes back as the program's answer (plain data, or stdout) and nothing more.
   stdio: stdin becomes the case's input, stdout the reply pipe; the program runs as __main__ once.
   call:  the program is loaded as module `solution` once; then each request is answered until fd 3 closes:
          {"op": "call", "name", "args", "kwargs"} calls the program's function on decoded plain arguments and replies
@@ -14,8 +21,11 @@ as the program's answer (plain data, or stdout) and nothing more.
          "not_plain" (what could not be encoded).
 """
 
+import fcntl
 import json
 import os
+import resource
+import socket
 import sys
 
 
@@ -49,8 +59,17 @@ def _run_stdio(code, stdin):
         os.close(fd)
     sys.stdin = open(0, closefd=False)
     sys.stdout = open(1, "w", closefd=False)
-    exec(compile(code, "solution.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
-    sys.stdout.flush()
+    try:
+        exec(compile(code, "solution.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 - the program's failure is its verdict
+        code = 1
+    try:
+        sys.stdout.flush()
+    finally:
+        os._exit(code)
 
 
 def _serve(namespace, request):
@@ -66,13 +85,12 @@ def _serve(namespace, request):
     return function(*decode(request["args"]), **decode(request["kwargs"]))
 
 
-def main():
+def run_program():
     program = _recv()
     if program is None:
         return
     if program["kind"] == "stdio":
         _run_stdio(program["code"], program["stdin"])
-        return
     namespace = {"__name__": "solution", "__builtins__": __builtins__}
     try:
         exec(compile(program["code"], "solution.py", "exec"), namespace)
@@ -97,5 +115,67 @@ def main():
             _reply("not_plain", str(e)[:200])
 
 
+def _child(link, fds, filt, limits):
+    """In a forked child: set up, report failure (never the program's) on the failure fd, run the program."""
+    failed = fds[2]
+    try:
+        link.close()
+        os.setsid()  # its own session and group: it can never join another's
+        null = os.open("/dev/null", os.O_RDWR)
+        requests, replies, failed = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds)  # clear of 0-9
+        for target, fd in enumerate((null, null, null, requests, replies)):
+            os.dup2(fd, target)
+        os.closerange(5, failed)
+        os.closerange(failed + 1, 1 << 16)
+        resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"]))
+        install(filt)
+        os.close(failed)  # the harness reads end-of-file: set up
+    except BaseException as e:  # noqa: BLE001 - reported to the harness, which masks the sample
+        os.write(failed, repr(e).encode()[:500])
+        os._exit(127)
+    try:
+        run_program()
+    except BaseException:  # noqa: BLE001
+        os._exit(1)
+    os._exit(0)
+
+
+def zygote(limits):
+    import ctypes
+
+    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no /proc/<pid>/mem, fd or environ for anyone
+    link = socket.socket(fileno=3)
+    filt = prepare(protect=(os.getpid(),))
+    link.send(b"ready")
+    while True:
+        message, fds, _, _ = socket.recv_fds(link, 64, 3)
+        if not message:
+            return
+        command, _, argument = message.decode().partition(" ")
+        if command == "spawn":
+            try:
+                pid = os.fork()
+            except OSError as e:
+                pid, error = -1, e
+            if pid == 0:
+                _child(link, fds, filt, limits)
+            for fd in fds:
+                os.close(fd)
+            link.send(b"pid %d" % pid if pid > 0 else b"error " + repr(error).encode()[:200])
+        elif command == "wait":
+            try:
+                done, status = os.waitpid(int(argument), os.WNOHANG)
+                link.send(b"status %d" % status if done else b"running")
+            except ChildProcessError:
+                link.send(b"gone")
+        elif command == "reap":
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                    pass
+            except ChildProcessError:
+                pass
+            link.send(b"reaped")
+
+
 if __name__ == "__main__":
-    main()
+    zygote(json.loads(sys.argv[1]))

@@ -1,13 +1,14 @@
 """The seccomp filter the sandbox puts on every untrusted program. Standard library only (ctypes).
 
-The sandbox's harness (`sandbox_harness.py`, which gets this file's source prepended) installs it in each forked child
-between fork and exec, so the program and everything it starts live under it; the harness itself does not. It closes
-the routes by which a program could reach another process's state while sharing its uid:
+The sandbox's zygote (`sandbox_runner.py`, which gets this file's source prepended) installs it in each child it
+forks for a program, before the program's first line, so the program and everything it starts live under it; the
+harness and the zygote do not. It closes the routes by which a program could reach another process's state while
+sharing its uid:
 
   - reading or writing another process: ptrace, process_vm_readv/writev, pidfd_open/pidfd_getfd/pidfd_send_signal,
     kcmp, perf_event_open, bpf, userfaultfd, io_uring (its own path around these checks);
-  - signalling the harness (pid 2) or the sandbox's init (pid 1): kill, tkill, tgkill, rt_(tg)sigqueueinfo to those
-    pids or to every process (-1) or the harness's group (-2), and F_SETOWN-style async signal delivery;
+  - signalling the harness (pid 1, the sandbox's init) or the zygote: kill, tkill, tgkill, rt_(tg)sigqueueinfo to
+    those pids, their process groups or every process (-1), and F_SETOWN-style async signal delivery;
   - changing another process's limits and scheduling: prlimit64, setpriority, sched_set{affinity,scheduler,param,
     attr} on any pid but the caller's own (0), ioprio_set, migrate_pages, move_pages, process_madvise;
   - state shared beyond a process's life: kernel keyrings (keyctl, add_key, request_key) and POSIX message queues;
@@ -45,9 +46,9 @@ DENY = ("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_open", "pidfd_
         "add_key", "request_key", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify",
         "mq_getsetattr", "ioprio_set", "migrate_pages", "move_pages", "process_madvise", "process_mrelease",
         "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_by_handle_at")
-PROTECTED = (1, 2, 0xFFFFFFFF, 0xFFFFFFFE)  # pid 1 (init), pid 2 (harness), -1 (everyone), -2 (harness's group)
-NOT_ZERO = "not 0"
-# system call -> conditions (argument index, denied values of its low 32 bits); any condition met denies the call
+NOT_ZERO, PROTECTED = "not 0", "protected"
+# system call -> conditions (argument index, denied values of its low 32 bits); any condition met denies the call.
+# PROTECTED: the pids given to `program` (each also as a negative process group), 1 (init) and -1 (everyone).
 DENY_IF = {
     "kill": [(0, PROTECTED)], "tkill": [(0, PROTECTED)], "tgkill": [(0, PROTECTED)],
     "rt_sigqueueinfo": [(0, PROTECTED)], "rt_tgsigqueueinfo": [(0, PROTECTED)],
@@ -64,10 +65,12 @@ _NR, _ARCH = 0, 4
 _TO_DENY = "deny"  # a jump target, resolved per block
 
 
-def program(machine: str = platform.machine()) -> bytes:
-    """The filter as `struct sock_filter` bytes for this machine's ABI; OSError for an architecture it lacks."""
+def program(protect=(), machine: str = platform.machine()) -> bytes:
+    """The filter as `struct sock_filter` bytes for this machine's ABI, with signals to init and to the pids in
+    `protect` (and their process groups) denied; OSError for an architecture it lacks."""
     if machine not in ARCHES:
         raise OSError(f"no seccomp filter for {machine}")
+    pids = sorted({1, 0xFFFFFFFF} | set(protect) | {-p & 0xFFFFFFFF for p in protect})
     column, audit_arch = ARCHES[machine]
     nr = {name: numbers[column] for name, numbers in SYSCALLS.items()}
     code = [(_LD_W_ABS, 0, 0, _ARCH), (_JEQ_K, 1, 0, audit_arch), (_RET_K, 0, 0, _KILL_PROCESS),
@@ -78,7 +81,7 @@ def program(machine: str = platform.machine()) -> bytes:
         code += [(_JEQ_K, 0, 1, nr[name]), (_RET_K, 0, 0, _ERRNO | errno.EPERM)]
     code += [(_JEQ_K, 0, 1, nr["clone3"]), (_RET_K, 0, 0, _ERRNO | errno.ENOSYS)]
     for name, conditions in DENY_IF.items():
-        block = _conditions(conditions)
+        block = _conditions([(i, pids if values == PROTECTED else values) for i, values in conditions])
         code += [(_JEQ_K, 0, len(block), nr[name]), *block]  # not this call: skip the block (A still holds nr)
     code.append((_RET_K, 0, 0, _ALLOW))
     return b"".join(struct.pack("=HBBI", *instruction) for instruction in code)
@@ -103,10 +106,10 @@ class _Fprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def prepare():
+def prepare(protect=()):
     """What `install` needs, built before fork: (libc, the program's buffer, its sock_fprog)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    code = program()
+    code = program(protect)
     buffer = ctypes.create_string_buffer(code, len(code))
     return libc, buffer, _Fprog(len(code) // 8, ctypes.addressof(buffer))
 
