@@ -132,6 +132,32 @@ class TestResultChannel:
         assert report.masked == 0
 
 
+OWN_REPLY = """
+import json, os
+def f(x):
+    data = {reply}
+    os.write(4, len(data).to_bytes(4, "big") + data)  # the program's own reply pipe, written by hand
+    os._exit(0)
+"""
+OWN_REPLIES = {
+    "status starved": 'json.dumps({"status": "starved", "body": "x"}).encode()',
+    "status unavailable": 'json.dumps({"status": "unavailable", "body": "x"}).encode()',
+    "status timeout": 'json.dumps({"status": "timeout", "body": "x"}).encode()',
+    "nested 100000 deep": 'b\'{"status": \' + b"[" * 100000',
+    "not JSON": 'b"\\xff" * 100',
+    "a list": 'b"[1, 2]"',
+}
+
+
+class TestOwnReplies:
+    @pytest.mark.parametrize("name", sorted(OWN_REPLIES))
+    def test_a_program_that_writes_its_own_reply_gets_only_an_answers_say(self, name):
+        """Its own reply pipe is the program's to write, but a reply may only say ok, error or not_plain: anything
+        else (a status the harness itself gives, like "starved", which masks the sample) is a crash, scored 0."""
+        assert score(OWN_REPLY.format(reply=OWN_REPLIES[name])) == 0.0
+        honest_samples_still_score_right()
+
+
 # ---- 2. the harness's state ---------------------------------------------------------------------------------------
 
 POISON = {  # each returns "poisoned" if its change took effect
@@ -179,6 +205,11 @@ POISON = {  # each returns "poisoned" if its change took effect
 DETECTED = {
     "chmod /work": "import os\ndef f(x):\n    os.chmod('/work', 0)\n    return 'poisoned'",
     "chmod /tmp": "import os\ndef f(x):\n    os.chmod('/tmp', 0o500)\n    return 'poisoned'",
+    "default ACL on /work": "import os, struct\ndef f(x):\n"
+    "    acl = struct.pack('<I', 2) + b''.join(struct.pack('<HHI', t, 0, 0xFFFFFFFF) for t in (1, 4, 0x20))\n"
+    "    os.setxattr('/work', 'system.posix_acl_default', acl)\n    return 'poisoned'",
+    "xattr on /tmp": "import os\ndef f(x):\n    os.setxattr('/tmp', 'user.note', b'from an earlier sample')\n"
+    "    return 'poisoned'",
 }
 UNDONE = {
     "SysV shared memory": "import ctypes\ndef f(x):\n    ctypes.CDLL(None).shmget(0x1234, 4096, 0o1000 | 0o666)\n"
@@ -280,6 +311,23 @@ class TestRightAnswers:
     def test_a_right_value_of_any_builtin_type_scores(self, value, test):
         assert score(f"def f():\n    return {value}\n", [f"assert {test}"], mode="all") == 1.0
 
+    def test_programs_score_as_python_would_run_them(self):
+        """Where the sandbox differed from `python3 solution.py`, right programs failed: the program's module is
+        registered (dataclasses with postponed annotations), a raised subclass of a builtin exception is caught as
+        that builtin, `exit()` and `quit()` exist, and stdin keeps its line endings."""
+        program = ("from __future__ import annotations\nimport dataclasses\n\nclass BadInput(ValueError):\n"
+                   "    pass\n\n@dataclasses.dataclass\nclass Point:\n    x: int\n    y: int\n\n"
+                   "def f(x: int) -> dict:\n    if x < 0:\n        raise BadInput(x)\n"
+                   "    return dataclasses.asdict(Point(x, 2 * x))\n")
+        tests = ["assert f(2) == {'x': 2, 'y': 4}",
+                 "try:\n    f(-1)\n    raised = False\nexcept ValueError:\n    raised = True\nassert raised"]
+        assert score(program, tests) == 1.0
+        stdio = ("from __future__ import annotations\nimport dataclasses\n\n@dataclasses.dataclass\nclass Line:\n"
+                 "    text: str\n\nline = Line(input())\nif line.text == 'stop\\r':\n    print('kept the CR')\n"
+                 "    exit()\nprint(int(line.text) * 2)\nquit(0)\n")
+        cases = [{"input": "stop\r\n", "output": "kept the CR"}, {"input": "7\n", "output": "14"}]
+        assert score(stdio, cases=cases) == 1.0
+
     def test_a_value_that_is_not_plain_data_fails(self):
         assert score("def f():\n    return iter([1])\n", ["assert list(f()) == [1]"]) == 0.0
 
@@ -297,6 +345,37 @@ class TestUnearnedPoints:
         tests = ["assert True", "assert 1 + 1 == 2", "assert f(2) == 4", "assert True, 'debugging aid'"]
         assert score("def f(x):\n    pass\n", tests) == 0.0
         assert score(RIGHT, tests) == 1.0
+
+
+# ---- masking: an infrastructure failure drops a sample from training, which a wrong program would prefer to a 0 ----
+
+COLLIDING_REPLY = OWN_REPLY.format(reply='json.dumps({"status": "ok", "body": json.dumps({"s": [{"i": hex((i + 9) * '
+                                         '((1 << 61) - 1))} for i in range(30000)]})}).encode()')
+
+
+class TestNoMasking:
+    @pytest.mark.parametrize("program", ["def apply(g, x)\n    return", "raise ValueError\ndef apply(g, x):\n    pass",
+                                         "import builtins\nbuiltins.compile = None\ndef apply(g, x):\n    return g(x)"])
+    def test_a_program_that_breaks_the_inexact_fallback_scores_0(self, program):
+        assert score(program, ["assert apply(lambda x: x + 1, 1) == 2", "assert apply(abs, -3) == 3"]) == 0.0
+
+    def test_a_program_cannot_make_the_tests_fall_back_to_the_inexact_form(self):
+        """A value nested as deep as plain data allows, passed back to the program by the test, must not turn the
+        test into one run inside the sandbox (where the program could fake its verdict)."""
+        deep = "def f(x):\n    v = 0\n    for _ in range(100):\n        v = [v]\n    return v if x == 1 else x * 7\n"
+        tests = ["y = f(1)", "assert f(y) == 42", "assert f(2) == 14", "assert f(3) == 21"]
+        # f(1) is one level deeper than a value may be (so that it could be sent back): it and f(y) fail, the two
+        # others pass. Run whole in the sandbox instead, `y = f(1)` would have passed too (0.75).
+        assert score(deep, tests) == 0.5
+
+    @pytest.mark.parametrize("tests", [["out = {}", "out['a'] = f(3)", "assert out['a'] == 6"],
+                                       ["res = []", "res.append(f(3))", "assert res == [6]"]])
+    def test_results_kept_in_containers_are_tests_not_broken_rows(self, tests):
+        assert score(WRONG, tests) == 0.0
+        assert score(RIGHT, tests) == 1.0
+
+    def test_a_value_that_would_be_slow_to_rebuild_is_refused(self):
+        assert score(COLLIDING_REPLY, ["assert f(1) == {1}"]) == 0.0
 
 
 # ---- 6. load ------------------------------------------------------------------------------------------------------
@@ -320,7 +399,43 @@ print(json.dumps(out))
 """
 
 
+HIDDEN_CPU = """
+import os, signal, time
+def burn(seconds):
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+def f(x):
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reaped unwaited: their CPU counted nowhere
+    except OSError:
+        pass
+    for _ in range({children}):
+        r, w = os.pipe()
+        if os.fork() == 0:
+            burn({each})
+            os.write(w, b"1")
+            os._exit(0)
+        os.close(w)
+        os.read(r, 1)
+        os.close(r)
+    return x * 2
+"""
+
+
 class TestLoad:
+    def test_cpu_used_by_children_counts_against_the_case(self):
+        """2.5 s of CPU in ten short-lived children, against a 1 s limit: too slow, however they are reaped."""
+        assert score(HIDDEN_CPU.format(children=10, each=0.25)) == 0.0
+        assert score(HIDDEN_CPU.format(children=2, each=0.05)) == 1.0
+
+    def test_a_program_cannot_starve_itself_into_a_masked_sample(self):
+        swarm = ("import os, time\ndef f(x):\n    while True:\n        try:\n            if os.fork() == 0:\n"
+                 "                start = time.process_time()\n                while time.process_time() - start < 0.03:"
+                 "\n                    pass\n                os._exit(0)\n        except OSError:\n"
+                 "            time.sleep(0.01)\n")
+        assert score(swarm) == 0.0
+
     def test_a_case_starved_of_cpu_is_masked_and_a_sleeping_one_fails(self):
         """Both run past the 2 s wall backstop; only the one that wanted a CPU and did not get it is the machine's
         fault. Six processes, each in a session of its own (the scheduler shares a core between sessions and

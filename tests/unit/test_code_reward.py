@@ -47,10 +47,10 @@ def test_mbpp_tests_name_the_programs_functions_and_the_modules_they_use():
 
 def test_statements_count_only_when_they_involve_the_program():
     plan = plan_of({"tests": ["assert True", "x = f(1)", "y = [1, 2]", "assert x == 2", "assert y == [1, 2]",
-                              "assert g(y)"]})
-    assert plan.tests == (False, True, False, True, False, True)
-    with pytest.raises(ValueError, match="never use the program"):
-        plan_of({"tests": ["assert True", "import math"]})
+                              "assert g(y)", "if f(2) != 3:\n    raise AssertionError"]})
+    assert plan.tests == (False, False, False, True, False, True, True)  # a call that only has to run is no test
+    with pytest.raises(ValueError, match="never check the program"):
+        plan_of({"tests": ["assert True", "import math", "f(1)"]})
 
 
 def test_humaneval_check_becomes_statements_with_candidate_standing_for_the_entry_point():
@@ -68,6 +68,29 @@ def test_a_check_whose_statements_cannot_stand_alone_is_one_statement():
     plan = plan_of({"test": test, "entry_point": "double"})
     assert plan.statements == ("check(candidate)",) and plan.tests == (True,)
     assert "def check" in plan.setup
+
+
+def test_results_kept_in_containers_count_as_the_programs():
+    plan = plan_of({"tests": ["out = {}", "out['a'] = f(1)", "res = []", "res.append(f(1))", "assert out['a'] == 2",
+                              "assert res == [2]", "assert math.floor(2.5) == 2"]})
+    assert plan.tests == (False, False, False, False, True, True, False) and plan.modules == ("math",)
+    assert evaluate(plan, InProcessJob({"f": lambda x: x * 3})) == [False, False]
+    assert evaluate(plan, InProcessJob({"f": lambda x: x * 2})) == [True, True]
+
+
+def test_a_call_that_fails_outside_an_assert_costs_a_test():
+    tests = ["x = f(1)", "assert f(2) == 4"]
+    assert evaluate(plan_of({"tests": tests}), InProcessJob({"f": lambda x: 1 // (x - 1) if x == 1 else 2 * x})) \
+        == [False, True]
+    assert evaluate(plan_of({"tests": tests}), InProcessJob({"f": lambda x: 2 * x})) == [True]
+
+
+def test_the_verifiers_own_time_on_the_tests_is_capped():
+    job = InProcessJob({"f": lambda: 10 ** 6})
+    tests = ["assert f() > 0", "total = 0\nfor i in range(f() * 1000):\n    total += i\nassert total > 0",
+             "assert f() == 10 ** 6"]
+    # the loop runs past 0.3 s of CPU: the tests from there on (the assert on its total, the last) fail
+    assert evaluate(plan_of({"tests": tests}), job, cpu_s=0.3) == [True, False, False]
 
 
 def test_a_test_that_exercises_nothing_of_the_program_is_not_counted():
@@ -97,7 +120,7 @@ def test_a_raised_builtin_exception_is_raised_again_in_the_test():
     job = InProcessJob({"f": lambda x: int(x)})
     tests = ["try:\n    f('x')\n    raised = False\nexcept ValueError:\n    raised = True\nassert raised",
              "assert f('4') == 4"]
-    assert evaluate(plan_of({"tests": tests}), job) == [True, True, True]  # the try, its assert, the call
+    assert evaluate(plan_of({"tests": tests}), job) == [True, True]  # the assert after the try, and the last
     assert isinstance(code_module._exception("MyError"), ProgramError)
     assert isinstance(code_module._exception("StopIteration"), ProgramError)  # never steers a generator
 
@@ -105,19 +128,20 @@ def test_a_raised_builtin_exception_is_raised_again_in_the_test():
 @pytest.mark.parametrize("status", ["timeout", "died", "output_limit", "not_plain"])
 def test_a_call_that_does_not_return_fails_its_statement_even_inside_a_bare_except(status):
     job = InProcessJob({}, {"f": Reply(status, "")})
-    tests = ["try:\n    f()\nexcept BaseException:\n    pass", "assert f() == 1"]
-    assert evaluate(plan_of({"tests": tests}), job) == [False, False]
+    tests = ["try:\n    assert f() == 1\nexcept BaseException:\n    pass", "try:\n    f()\nexcept BaseException:\n    pass",
+             "assert f() == 1"]
+    assert evaluate(plan_of({"tests": tests}), job) == [False, False, False]
 
 
 def test_a_program_that_does_not_load_fails_every_call_however_the_test_catches():
     job = InProcessJob({}, {"f": Reply("error", "load: SyntaxError")})
-    assert evaluate(plan_of({"tests": ["try:\n    f()\nexcept Exception:\n    pass"]}), job) == [False]
+    assert evaluate(plan_of({"tests": ["try:\n    assert f()\nexcept Exception:\n    pass"]}), job) == [False]
 
 
 def test_an_infrastructure_failure_is_raised_even_if_the_test_catches_everything():
     job = InProcessJob({}, {"f": SandboxError("starved")})
     with pytest.raises(SandboxError, match="starved"):
-        evaluate(plan_of({"tests": ["try:\n    f()\nexcept BaseException:\n    pass"]}), job)
+        evaluate(plan_of({"tests": ["try:\n    assert f()\nexcept BaseException:\n    pass"]}), job)
 
 
 def test_a_non_plain_argument_asks_for_the_whole_test_in_the_sandbox():
@@ -129,13 +153,16 @@ def test_a_non_plain_argument_asks_for_the_whole_test_in_the_sandbox():
 
 def test_arguments_are_passed_by_value():
     job = InProcessJob({"clear": lambda xs: xs.clear()})
-    assert evaluate(plan_of({"tests": ["xs = [1]\nclear(xs)\nassert xs == [1]"]}), job) == [True]
+    assert evaluate(plan_of({"tests": ["xs = [1]", "assert clear(xs) is None and xs == [1]"]}), job) == [True]
 
 
-def test_a_statement_that_fails_without_the_program_is_a_broken_row():
+def test_a_statement_that_fails_before_the_program_ran_is_a_broken_row():
     job = InProcessJob({"f": lambda: 1})
     with pytest.raises(ValueError, match="fails without involving the program"):
-        evaluate(plan_of({"tests": ["assert f() == 1", "assert 1 == 2"]}), job)
+        evaluate(plan_of({"tests": ["assert 1 == 2", "assert f() == 1"]}), job)
+    # after the program ran, it may hold the program's values in ways the plan does not follow: a failed test
+    assert evaluate(plan_of({"tests": ["a = b = []", "b.append(f())", "assert a == [2]", "assert f() == 1"]}),
+                    job) == [False, True]
     with pytest.raises(ValueError, match="setup fails"):
         evaluate(plan_of({"tests": ["assert f() == 1"], "setup": "import not_a_module_anywhere"}), job)
 
@@ -149,7 +176,7 @@ def test_stdio_cases_compare_outputs_ignoring_trailing_whitespace():
 
 @pytest.mark.parametrize("meta, message", [
     ({}, "needs metadata 'tests'"),
-    ({"tests": ["x = 1"]}, "never use the program"),
+    ({"tests": ["x = 1"]}, "never check the program"),
     ({"tests": ["assert f(("]}, "not valid Python"),
     ({"cases": [{"input": "1"}]}, "metadata.cases must be"),
     ({"test": "def other(c):\n    pass", "entry_point": "f"}, "must define check"),

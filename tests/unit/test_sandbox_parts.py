@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ponder.rewards import seccomp
+from ponder.rewards import plain, seccomp
 from ponder.rewards.plain import decode, encode
 
 
@@ -69,8 +69,26 @@ def test_anything_else_is_refused(value):
 def test_cycles_and_deep_nesting_are_refused():
     cycle: list = []
     cycle.append(cycle)
-    with pytest.raises(TypeError, match="too deep"):
+    with pytest.raises(ValueError, match="too deep"):
         encode(cycle)
+
+
+def test_whatever_decodes_can_be_sent_back_inside_the_arguments_of_a_call():
+    """A program's value that decoded but could not be passed back would switch the test to its inexact form."""
+    deepest = 0
+    for _ in range(plain.MAX_DEPTH - 1):
+        deepest = [deepest]
+    assert encode([decode(encode(deepest))]) and encode({"k": decode(encode(deepest))})
+    with pytest.raises(ValueError, match="not plain data"):
+        decode(encode([deepest]))
+
+
+def test_sets_and_dicts_of_colliding_hashes_are_refused():
+    colliding = [(2 ** 61 - 1) * i for i in range(plain.MAX_COLLISIONS + 1)]
+    for value in (set(colliding), frozenset(colliding), dict.fromkeys(colliding)):
+        with pytest.raises(ValueError, match="not plain data"):
+            decode(encode(value))
+    assert decode(encode(set(colliding[:-1]))) == set(colliding[:-1])
 
 
 @pytest.mark.parametrize("text", [

@@ -8,12 +8,15 @@ here from builtins only (`plain.py`). So every test form is exact: `f(x) == y`, 
 A program cannot return an object whose comparisons lie, patch what the test calls, read the expected values (they
 never enter the sandbox), or stop the test early to make it pass.
 
-Semantics: arguments are passed by value (the test's objects are never changed by the call); a raised builtin
-exception is raised again here (other exception types as `ProgramError`); a call that is too slow, crashes, returns
-something that is not plain data or produces too much output fails the whole test statement it was made in, whatever
-the test does with the exception. A test that passes a non-plain argument (a function, an object) cannot be evaluated
-that way: the sample is then evaluated again with the whole test run inside the sandbox beside the program — not
-exact, as the program shares that interpreter (docs/rewards.md).
+Semantics: arguments are passed by value (the test's objects are never changed by the call); a raised exception is
+raised again here as its nearest builtin class (`class BadInput(ValueError)` as ValueError; `ProgramError` where
+there is none); a call that is too slow, crashes, returns something that is not plain data or produces too much
+output fails the whole statement it was made in, whatever the test does with the exception. The verifier's own CPU
+time on a sample's tests is capped too (a program's values can make trusted test code slow): past it, the remaining
+tests fail. A test that passes a non-plain argument (a function, an object) cannot be evaluated that way: the sample
+is then evaluated again with the whole test run inside the sandbox beside the program — not exact, as the program
+shares that interpreter (docs/rewards.md). Only the test's own code can cause that: whatever a program returns can
+be passed back to it.
 
 `cases` (stdin/stdout): each case runs the program as __main__ in a fresh child; outputs are compared here, trailing
 whitespace ignored. Reward: the fraction of tests passed (`mode: fraction`) or 1.0 only when all pass (`mode: all`).
@@ -26,6 +29,8 @@ import contextlib
 import importlib
 import io
 import re
+import signal
+import threading
 from typing import Any
 
 from ponder.rewards.code_tests import Plan, plan_tests
@@ -58,6 +63,10 @@ class _NeedsWhole(Exception):
     """A test passed something that is not plain data to the program."""
 
 
+class _OverBudget(BaseException):
+    """The verifier's own CPU time on this sample's tests is spent."""
+
+
 class _Calls:
     """What the proxies saw during one statement."""
 
@@ -76,23 +85,25 @@ class _Proxy:
         seen.made += 1
         try:
             sent = encode(list(args)), encode(kwargs)
-        except (TypeError, ValueError):
+        except TypeError:  # a function, an object: the test's own doing, never the program's
             seen.not_plain_argument = True
             raise _Aborted from None
+        except ValueError:  # nested too deep (the test wrapped what the program returned): the call fails
+            sent = None
         try:
-            reply = self.job.call(self.name, *sent)
+            reply = self.job.call(self.name, *sent) if sent else None
         except SandboxError as e:
             seen.infra = e
             raise _Aborted from None
-        if reply.status == "ok":
+        if reply is not None and reply.status == "ok":
             try:
                 return decode(reply.body)
             except ValueError:
                 pass
-        elif reply.status == "error" and not reply.body.startswith("load: "):
+        elif reply is not None and reply.status == "error" and not reply.body.startswith("load: "):
             raise _exception(reply.body)
         seen.failed = True
-        raise _Aborted(reply.status)
+        raise _Aborted(reply.status if reply else "arguments nested too deep")
 
 
 def _exception(name: str) -> Exception:
@@ -102,8 +113,11 @@ def _exception(name: str) -> Exception:
     return ProgramError(name)
 
 
-def evaluate(plan: Plan, job: Job) -> list[bool]:
-    """Run the plan's statements here, the program's names standing for calls into `job`; one verdict per test."""
+def evaluate(plan: Plan, job: Job, cpu_s: float | None = None) -> list[bool]:
+    """Run the plan's statements here, the program's names standing for calls into `job`; one verdict per test.
+
+    `cpu_s` caps this process's own CPU time on the tests (values a program returns can make trusted test code slow):
+    when it is spent, the statement running and every test after it fail."""
     namespace: dict[str, Any] = {"__builtins__": builtins, "__name__": "tests"}
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -113,13 +127,29 @@ def evaluate(plan: Plan, job: Job) -> list[bool]:
     namespace.update({name: importlib.import_module(name) for name in plan.modules})
     calls: list[_Calls] = []
     namespace.update({name: _Proxy(job, target, calls) for name, target in plan.remote.items()})
-    verdicts, derived = [], set()  # derived: names bound by statements that called the program
-    for source, is_test, reads, binds in zip(plan.statements, plan.tests, plan.reads, plan.binds):
+    verdicts: list[tuple[int, bool]] = []  # (statement, passed)
+    try:
+        with _cpu_budget(cpu_s):
+            _statements(plan, namespace, calls, verdicts)
+    except _OverBudget:
+        running = len(calls) - 1  # it and every test after it fail
+        verdicts = [v for v in verdicts if v[0] < running] + [(i, False) for i in range(running, len(plan.tests))
+                                                               if plan.tests[i]]
+    if not verdicts:
+        raise ValueError("no test statement called the program: fix the problem's tests")
+    return [passed for _, passed in verdicts]
+
+
+def _statements(plan: Plan, namespace: dict, calls: list[_Calls], verdicts: list[tuple[int, bool]]) -> None:
+    derived: set[str] = set()  # names bound or changed by statements that called the program
+    for index, (source, is_test, reads, binds) in enumerate(zip(plan.statements, plan.tests, plan.reads, plan.binds)):
         calls.append(_Calls())
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 exec(compile(source, "test", "exec"), namespace)
             ok = True
+        except _OverBudget:
+            raise
         except BaseException:  # noqa: BLE001 - a failing test statement, whatever it raised
             ok = False
         seen = calls[-1]
@@ -129,36 +159,54 @@ def evaluate(plan: Plan, job: Job) -> list[bool]:
             raise _NeedsWhole(source)
         if seen.made:
             derived |= binds
+        ok = ok and not seen.failed  # a call that did not return fails its statement, whatever the test caught
         if is_test and (seen.made or reads & derived):
-            verdicts.append(ok and not seen.failed)
+            verdicts.append((index, ok))
         elif not is_test and not ok:
-            raise ValueError(f"test statement {source[:200]!r} fails without involving the program: fix the "
-                             "problem's tests")
+            if not any(c.made for c in calls):  # nothing of the program has run: the row itself is broken
+                raise ValueError(f"test statement {source[:200]!r} fails without involving the program: fix the "
+                                 "problem's tests")
+            verdicts.append((index, False))  # it may hold what the program returned in a way the plan did not see
         # else: a test that exercised nothing of the program (`assert callable(f)`, an empty loop): not counted
-    if not verdicts:
-        raise ValueError("no test statement called the program: fix the problem's tests")
-    return verdicts
+
+
+@contextlib.contextmanager
+def _cpu_budget(seconds: float | None):
+    """Raise _OverBudget once this process has used `seconds` of CPU in user mode (load does not change that)."""
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def spent(signum, frame):
+        raise _OverBudget
+
+    previous = signal.signal(signal.SIGVTALRM, spent)
+    signal.setitimer(signal.ITIMER_VIRTUAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+        signal.signal(signal.SIGVTALRM, previous)
 
 
 def evaluate_whole(plan: Plan, job: Job) -> list[bool]:
     """The fallback: setup and statements run inside the sandbox beside the program; the verdicts are the sandbox's
-    (a program that tampers with its own interpreter can pass these)."""
+    (a program that tampers with its own interpreter can pass these). The setup already ran in the verifier, so
+    when it fails in the sandbox the program is to blame: every test fails."""
     names = "\n".join([f"import {m}" for m in plan.modules] + [f"{a} = {t}" for a, t in plan.remote.items() if a != t])
 
     def prepare() -> bool:  # again after a statement that cost the program its process (a fresh one has no setup)
-        if job.exec(plan.setup, fill=True).status != "ok":
-            raise ValueError("the problem's setup fails inside the sandbox")
-        return job.exec(names).status == "ok"  # not ok: e.g. the program lacks the entry point
+        return job.exec(plan.setup, fill=True).status == "ok" and job.exec(names).status == "ok"
 
     if not prepare():
         return [False] * plan.count
     verdicts = []
-    for source, is_test in zip(plan.statements, plan.tests):
+    for index, (source, is_test) in enumerate(zip(plan.statements, plan.tests)):
         status = job.exec(source).status
-        if is_test:
+        if is_test or status != "ok":  # as in `evaluate`: a failing statement that is not a test still fails one
             verdicts.append(status == "ok")
         if status not in ("ok", "error") and not prepare():
-            return verdicts + [False] * (plan.count - len(verdicts))
+            return verdicts + [False] * sum(plan.tests[index + 1:])
     return verdicts
 
 
@@ -195,7 +243,7 @@ def code_reward(completion: str, problem: Problem, *, mode: str = "fraction", wa
     else:
         try:
             with pool.job(code, "call") as job:
-                passed = evaluate(plan, job)
+                passed = evaluate(plan, job, cpu_s=pool.limits.timeout_s / 4)
         except _NeedsWhole:
             with pool.job(code, "call") as job:
                 passed = evaluate_whole(plan, job)

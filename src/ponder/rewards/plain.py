@@ -18,31 +18,38 @@ True
 Traceback (most recent call last):
 ...
 TypeError: a value of type object is not plain data
+>>> decode(encode({(2 ** 61 - 1) * i for i in range(100)}))  # all hash to 0: building the set is quadratic
+Traceback (most recent call last):
+...
+ValueError: not plain data: ValueError
 """
 
 import base64
 import json
 
 MAX_DEPTH = 100
+MAX_COLLISIONS = 32
 _BIG = 1 << 64  # ints at least this large travel as hex: decimal text of a huge int is quadratic (and capped)
 
 
 def encode(value) -> str:
-    """JSON text of a plain value; TypeError (not plain, too deep) or ValueError (a str with bad surrogates)."""
+    """JSON text of a plain value; TypeError for a value of another type, ValueError for one nested too deep."""
     return json.dumps(_to_json(value, 0), ensure_ascii=True, allow_nan=False, separators=(",", ":"))
 
 
 def decode(text):
-    """The value `encode` wrote, built from builtins only; ValueError for anything else (the text is untrusted)."""
+    """The value `encode` wrote, built from builtins only; ValueError for anything else (the text is untrusted).
+    Whatever it returns can be encoded again inside a list or dict (its depth is below MAX_DEPTH), and no set or
+    dict holds more than MAX_COLLISIONS members of equal hash (they would make building it quadratic)."""
     try:
-        return _from_json(json.loads(text), 0)
+        return _from_json(json.loads(text), 1)
     except (TypeError, ValueError, KeyError, IndexError, RecursionError, OverflowError, MemoryError) as e:
         raise ValueError(f"not plain data: {type(e).__name__}") from None
 
 
 def _to_json(value, depth):
     if depth > MAX_DEPTH:
-        raise TypeError("value nested too deep")
+        raise ValueError("value nested too deep")
     down = depth + 1
     if value is None or value is True or value is False:
         return value
@@ -87,11 +94,13 @@ def _from_json(item, depth):
     if tag == "t":
         return tuple(_from_json(v, down) for v in _list(body))
     if tag == "d":
-        return {_from_json(k, down): _from_json(v, down) for k, v in (_pair(p) for p in _list(body))}
+        pairs = [(_from_json(k, down), _from_json(v, down)) for k, v in (_pair(p) for p in _list(body))]
+        _spread([k for k, _ in pairs])
+        return dict(pairs)
     if tag == "s":
-        return {_from_json(v, down) for v in _list(body)}
+        return set(_spread([_from_json(v, down) for v in _list(body)]))
     if tag == "f":
-        return frozenset(_from_json(v, down) for v in _list(body))
+        return frozenset(_spread([_from_json(v, down) for v in _list(body)]))
     if tag == "b" and type(body) is str:
         return base64.b64decode(body.encode("ascii"), validate=True)
     if tag == "c":
@@ -104,6 +113,17 @@ def _from_json(item, depth):
     if tag == "i" and type(body) is str:
         return int(body, 16)
     raise ValueError("unknown tag")
+
+
+def _spread(members):
+    """The members, unless too many share a hash (ints are easy to collide: hash(n) is n mod 2**61 - 1)."""
+    counts = {}
+    for member in members:
+        key = hash(member)
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] > MAX_COLLISIONS:
+            raise ValueError("too many members of equal hash")
+    return members
 
 
 def _list(body):

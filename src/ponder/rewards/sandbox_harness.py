@@ -32,9 +32,11 @@ died, and unavailable (no child process could be started: the parent masks the s
 
 After a job it sweeps: kills every process but itself and the zygote, removes SysV IPC objects and POSIX queues,
 empties /work and /tmp, checks that the zygote still waits (not stopped, not dead), and compares its own process
-state (limits, nice, affinity, scheduler, I/O priority, OOM score, timer slack, cgroup, keyrings, mounts, /work and
-/tmp modes) with what it was at start. Any difference, or a sweep that fails, ends the sandbox ("clean": false): a
-poisoned sandbox never serves another job.
+state (limits, nice, affinity, scheduler, I/O priority, OOM score, timer slack, cgroup, keyrings, mounts, the modes,
+extended attributes and ACLs of /work and /tmp) with what it was at start. Any difference, or a sweep that fails,
+ends the sandbox ("clean": false): a poisoned sandbox never serves another job. (Timestamps of /work and /tmp are
+not compared: every job that writes a file changes them. They carry no more than a few bytes from one program to
+the next, which cannot raise either one's score: expected values never enter the sandbox.)
 """
 
 import ctypes
@@ -54,6 +56,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 FIRST_POLL_S, MAX_POLL_S = 0.005, 0.05
 START_S, ANSWER_S = 20.0, 5.0  # the zygote's start on a loaded machine; any of its answers
 CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+CHILD_STATUSES = ("ok", "error", "not_plain")  # what a child's reply may say; every other status is the harness's
 IOPRIO_GET = {"x86_64": 252, "aarch64": 31}
 
 
@@ -203,7 +206,7 @@ def serve(child, pending, limits, started):
         if readable:
             chunk = os.read(child.replies, 65536)
             child.got += chunk
-            if len(child.got) > limits["output_bytes"] + 4:
+            if len(child.got) > limits["output_bytes"] + (4 if child.kind == "call" else 0):  # a frame's header
                 return "output_limit", "more than %d bytes" % limits["output_bytes"], time.monotonic() - started
             if not chunk or _complete(child):
                 return _finish(child, started, limits)
@@ -235,9 +238,12 @@ def _finish(child, started, limits):
         size = int.from_bytes(child.got[:4], "big")
         try:
             reply = json.loads(child.got[4:4 + size])
-            return str(reply["status"]), str(reply["body"]), own
-        except (ValueError, KeyError, TypeError):
+            status, body = str(reply["status"]), str(reply["body"])
+        except Exception:  # noqa: BLE001 - the program wrote it: bad JSON, too deep, not an object, ...
             return "died", "an unreadable reply", own
+        if status not in CHILD_STATUSES:  # the program may name any status: only an answer's are its to give
+            return "died", "a reply with status %r" % status[:40], own
+        return status, body, own
     deadline = started + limits["case_timeout_s"]
     while child.reap() is None and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -331,7 +337,9 @@ def snapshot():
         "affinity": sorted(os.sched_getaffinity(0)),
         "scheduler": (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority),
         "ioprio": libc.syscall(IOPRIO_GET.get(os.uname().machine, -1), 1, 0),  # IOPRIO_WHO_PROCESS, self
-        "dirs": [(d, os.stat(d).st_mode, os.stat(d).st_uid, sorted(os.listdir(d))) for d in ("/work", "/tmp")],
+        "dirs": [(d, os.stat(d).st_mode, os.stat(d).st_uid, sorted(os.listdir(d)),
+                  sorted((name, os.getxattr(d, name)) for name in os.listxattr(d)))  # ACLs are xattrs too
+                 for d in ("/work", "/tmp")],
         "queues": sorted(os.listdir("/dev/mqueue")),
     }
     for name in ("/proc/self/oom_score_adj", "/proc/self/timerslack_ns", "/proc/self/cgroup", "/proc/self/mountinfo",

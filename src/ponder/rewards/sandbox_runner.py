@@ -21,12 +21,14 @@ harness and the parent take what comes back as the program's answer (plain data,
          "not_plain" (what could not be encoded).
 """
 
+import builtins
 import fcntl
 import json
 import os
 import resource
 import socket
 import sys
+import types
 
 
 def _recv():
@@ -49,18 +51,25 @@ def _reply(status, body):
     os.write(4, len(data).to_bytes(4, "big") + data)
 
 
+def _module(name):
+    """A fresh module registered under `name`, as `python3 solution.py` or `import solution` would make it (dataclasses,
+    pickle and `typing.get_type_hints` look the program's module up in sys.modules)."""
+    module = types.ModuleType(name)
+    module.__file__ = "solution.py"
+    sys.modules[name] = module
+    return module.__dict__
+
+
 def _run_stdio(code, stdin):
     memfd = os.memfd_create("stdin")
     os.write(memfd, stdin.encode("utf-8", "surrogatepass"))
     os.lseek(memfd, 0, os.SEEK_SET)
-    os.dup2(memfd, 0)
+    os.dup2(memfd, 0)  # the interpreter's own sys.stdin and sys.stdout (never read or written yet) now use these
     os.dup2(4, 1)
     for fd in (memfd, 3, 4):
         os.close(fd)
-    sys.stdin = open(0, closefd=False)
-    sys.stdout = open(1, "w", closefd=False)
     try:
-        exec(compile(code, "solution.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+        exec(compile(code, "solution.py", "exec"), _module("__main__"))
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -91,7 +100,7 @@ def run_program():
         return
     if program["kind"] == "stdio":
         _run_stdio(program["code"], program["stdin"])
-    namespace = {"__name__": "solution", "__builtins__": __builtins__}
+    namespace = _module("solution")
     try:
         exec(compile(program["code"], "solution.py", "exec"), namespace)
         loaded = None
@@ -107,12 +116,24 @@ def run_program():
         try:
             value = _serve(namespace, request)
         except BaseException as e:  # noqa: BLE001
-            _reply("error", type(e).__name__)
+            _reply("error", _builtin_base(type(e)))
             continue
         try:
             _reply("ok", encode(value))
         except (TypeError, ValueError, RecursionError) as e:
             _reply("not_plain", str(e)[:200])
+
+
+def _builtin_base(kind):
+    """The nearest builtin exception class of a raised one: `class BadInput(ValueError)` is caught as ValueError."""
+    for base in getattr(kind, "__mro__", ()):
+        if getattr(base, "__module__", None) == "builtins":
+            return base.__name__
+    return "Exception"
+
+
+def _exit(code=None):
+    raise SystemExit(code)
 
 
 def _child(link, fds, filt, limits):
@@ -144,6 +165,7 @@ def zygote(limits):
     import ctypes
 
     ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no /proc/<pid>/mem, fd or environ for anyone
+    builtins.exit = builtins.quit = _exit  # what the site module (-S: not loaded) would give programs
     link = socket.socket(fileno=3)
     filt = prepare(protect=(os.getpid(),))
     link.send(b"ready")

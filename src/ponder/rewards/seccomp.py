@@ -11,6 +11,8 @@ sharing its uid:
     those pids, their process groups or every process (-1), and F_SETOWN-style async signal delivery;
   - changing another process's limits and scheduling: prlimit64, setpriority, sched_set{affinity,scheduler,param,
     attr} on any pid but the caller's own (0), ioprio_set, migrate_pages, move_pages, process_madvise;
+  - hiding CPU time: setting SIGCHLD's action (ignoring it makes the kernel reap children unwaited, and the time they
+    used would be counted nowhere);
   - state shared beyond a process's life: kernel keyrings (keyctl, add_key, request_key) and POSIX message queues;
   - namespaces and mounts: unshare, setns, mount, umount2, pivot_root, chroot, open_by_handle_at.
 
@@ -38,6 +40,7 @@ SYSCALLS = {
     "rt_sigqueueinfo": (129, 138), "rt_tgsigqueueinfo": (297, 240), "prlimit64": (302, 261),
     "setpriority": (141, 140), "sched_setaffinity": (203, 122), "sched_setscheduler": (144, 119),
     "sched_setparam": (142, 118), "sched_setattr": (314, 274), "fcntl": (72, 25), "ioctl": (16, 29),
+    "rt_sigaction": (13, 134),
 }
 ARCHES = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # column in SYSCALLS, AUDIT_ARCH_*
 
@@ -83,8 +86,19 @@ def program(protect=(), machine: str = platform.machine()) -> bytes:
     for name, conditions in DENY_IF.items():
         block = _conditions([(i, pids if values == PROTECTED else values) for i, values in conditions])
         code += [(_JEQ_K, 0, len(block), nr[name]), *block]  # not this call: skip the block (A still holds nr)
+    code += [(_JEQ_K, 0, len(_SIGCHLD_ACTION), nr["rt_sigaction"]), *_SIGCHLD_ACTION]
     code.append((_RET_K, 0, 0, _ALLOW))
     return b"".join(struct.pack("=HBBI", *instruction) for instruction in code)
+
+
+# rt_sigaction(SIGCHLD, act != NULL): ignoring SIGCHLD (or SA_NOCLDWAIT) makes the kernel reap children unwaited, and
+# their CPU time would then be counted nowhere; reading the disposition (act == NULL) stays allowed
+_SIGCHLD_ACTION = [
+    (_LD_W_ABS, 0, 0, 16), (_JEQ_K, 0, 4, 17),  # signal number: not SIGCHLD -> allow
+    (_LD_W_ABS, 0, 0, 24), (_JEQ_K, 0, 3, 0),  # act, low 32 bits: not 0 -> deny
+    (_LD_W_ABS, 0, 0, 28), (_JEQ_K, 0, 1, 0),  # act, high 32 bits: 0 -> allow, else deny
+    (_RET_K, 0, 0, _ALLOW), (_RET_K, 0, 0, _ERRNO | errno.EPERM),
+]
 
 
 def _conditions(conditions) -> list:
