@@ -58,7 +58,8 @@ def honest_samples_still_score_right() -> None:
 
 
 def pool_pids() -> set[int]:
-    (pool,) = code_module._POOLS.values()
+    """The warm sandboxes of the pool that `score` uses."""
+    pool = code_module._pool(OPTIONS["warm"], {k: v for k, v in OPTIONS.items() if k != "warm"})
     return {box.process.pid for box in pool._ready}
 
 
@@ -191,6 +192,11 @@ POISON = {  # each returns "poisoned" if its change took effect
     "memory of the harness": "def f(x):\n    open('/proc/1/mem', 'r+b').close()\n    return 'poisoned'",
     "harness's timer slack": "def f(x):\n    with open('/proc/1/timerslack_ns', 'w') as fh:\n"
     "        fh.write('1')\n    return 'poisoned'",
+    # demoting itself, so that waiting behind other work would look like a starved case (masked) instead of a slow one
+    "nice itself": "import os\ndef f(x):\n    os.nice(19)\n    return 'poisoned'",
+    "idle scheduling itself": "import os\ndef f(x):\n    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+    "    return 'poisoned'",
+    "pinning itself": "import os\ndef f(x):\n    os.sched_setaffinity(0, {0})\n    return 'poisoned'",
     # the zygote, which forked this program and forks the next sample's: its parent
     "stop the zygote": "import os, signal\ndef f(x):\n    os.kill(os.getppid(), signal.SIGSTOP)\n    return 'poisoned'",
     "kill the zygote": "import os, signal\ndef f(x):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return 'poisoned'",
@@ -210,6 +216,8 @@ DETECTED = {
     "    os.setxattr('/work', 'system.posix_acl_default', acl)\n    return 'poisoned'",
     "xattr on /tmp": "import os\ndef f(x):\n    os.setxattr('/tmp', 'user.note', b'from an earlier sample')\n"
     "    return 'poisoned'",
+    "20,000 files to delete": "def f(x):\n    for i in range(20000):\n        open(f'/tmp/{i}', 'w').close()\n"
+    "    return 'poisoned'",
 }
 UNDONE = {
     "SysV shared memory": "import ctypes\ndef f(x):\n    ctypes.CDLL(None).shmget(0x1234, 4096, 0o1000 | 0o666)\n"
@@ -218,10 +226,15 @@ UNDONE = {
     "    open('/tmp/x', 'w').write('1')\n    os.symlink('/usr', '/work/l')\n    return 'poisoned'",
     "a process left behind": "import os, time\ndef f(x):\n    if os.fork() == 0:\n        os.setsid()\n"
     "        time.sleep(100)\n    return 'poisoned'",
+    "times of /work and /tmp": "import os\ndef f(x):\n    os.utime('/work', ns=(1, 987654321))\n"
+    "    os.utime('/tmp', ns=(987654321, 1))\n    return 'poisoned'",  # a value left for the next sample
 }
 LEFTOVERS = ("import os\ndef f(x):\n    procs = [p for p in os.listdir('/proc') if p.isdigit() and int(p) > 1]\n"
              "    shm = open('/proc/sysvipc/shm').read().splitlines()[1:]\n"
-             "    return [sorted(os.listdir('/work')), sorted(os.listdir('/tmp')), len(shm), len(procs)]\n")
+             "    times = {os.stat(d).st_atime_ns for d in ('/work', '/tmp')} | {os.stat(d).st_mtime_ns for d in "
+             "('/work', '/tmp')}\n"
+             "    return [sorted(os.listdir('/work')), sorted(os.listdir('/tmp')), len(shm), len(procs),\n"
+             "            bool(times & {1, 987654321})]\n")
 
 
 class TestHarnessState:
@@ -242,7 +255,7 @@ class TestHarnessState:
         before = pool_pids()
         assert score(UNDONE[name], ["assert f(1) == 'poisoned'"]) == 1.0
         for _ in range(OPTIONS["warm"]):  # whichever sandbox the next sample lands on is as new
-            assert score(LEFTOVERS, ["assert f(1) == [[], [], 0, 2]"]) == 1.0  # the program and the zygote
+            assert score(LEFTOVERS, ["assert f(1) == [[], [], 0, 2, False]"]) == 1.0  # the program and the zygote
         assert pool_pids() == before  # swept clean, so reused
 
 
@@ -303,6 +316,8 @@ RIGHT_VALUES = [
     ("None", "f() is None"), ("{(1, 2): [{3}]}", "f() == {(1, 2): [{3}]}"), ("'é☃'", "f() == 'é☃'"),
     ("[[], {}, (), set()]", "f() == [[], {}, (), set()]"), ("0.1 + 0.2", "f() == 0.1 + 0.2"),
     ("__import__('enum').IntEnum('E', 'A')(1)", "f() == 1"), ("1", "isinstance(f(), int) and f() == 1"),
+    ("__import__('fractions').Fraction(1, 3)", "f() * 3 == 1"),
+    ("__import__('decimal').Decimal('0.1') * 3", "str(f()) == '0.3'"),
 ]
 
 
@@ -376,6 +391,31 @@ class TestNoMasking:
 
     def test_a_value_that_would_be_slow_to_rebuild_is_refused(self):
         assert score(COLLIDING_REPLY, ["assert f(1) == {1}"]) == 0.0
+
+    def test_a_stdio_program_is_held_to_its_limits_until_it_exits(self):
+        """It closed stdout with its answer and lingers: its time counts (else six cases of it overran the job's
+        backstop, a masked sample), and so does the CPU it burns after (else 1.8 s of it passed a 1 s limit)."""
+        cases = [{"input": f"{i}\n", "output": f"{2 * i}\n"} for i in range(1, 7)]
+        linger = ("import os, sys, time\nn = int(input())\nprint(n * {k})\nsys.stdout.flush()\nos.close(1)\n"
+                  "time.sleep(1.9)\n")
+        assert 0.0 < score(linger.format(k=2), cases=cases) < 1.0  # slow: the job's time runs out after a few
+        assert score(linger.format(k=3), cases=cases) == 0.0
+        burn = ("import os, sys, time\nprint(int(input()) * 2)\nsys.stdout.flush()\nos.close(1)\n"
+                "start = time.process_time()\nwhile time.process_time() - start < 1.8:\n    pass\n")
+        assert score(burn, cases=cases[:1]) == 0.0
+
+    def test_the_verifiers_cpu_on_the_tests_is_capped_even_if_a_test_catches_everything(self):
+        """A test that swallows every exception around slow work on the program's values: the cap still holds."""
+        import resource
+
+        tests = ["res = []\nfor i in range(4):\n    try:\n        r = f(i)\n"
+                 "        res.append(sum(r.count(v) > 1 for v in r))\n    except:\n        res.append(-1)",
+                 "assert res == [0, 0, 0, 0]"]
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        assert score("def f(i):\n    return list(range(45000))\n", tests) == 0.0  # ~60 s of work uncapped
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        assert used < OPTIONS["timeout_s"] / 4 + 3.0  # the cap (a quarter of timeout_s), and some to spare
 
 
 # ---- 6. load ------------------------------------------------------------------------------------------------------

@@ -262,7 +262,7 @@ def test_reward_actor_scores_a_hostile_batch_and_goes_on(host):
     the honest one beside them scores 1 — training continues."""
     problem = Problem("p", "", metadata={"tests": ["assert f() == 'done'"]})
     options = {"case_cpu_s": 0.5, "case_timeout_s": 1.0, "timeout_s": 4.0, "warm": 1}
-    cfg = RewardConfig(functions=[RewardSpec("code", 1.0, options)], accuracy_from="code", timeout_s=10.0)
+    cfg = RewardConfig(functions=[RewardSpec("code", 1.0, options)], accuracy_from="code", timeout_s=25.0)
     worker = RewardWorker(cfg)
     try:
         names = ["fork bomb", "memory bomb", "kill -1", "always-equal object"]
@@ -281,7 +281,7 @@ def test_no_isolation_no_scoring(host, monkeypatch):
     sample (an infrastructure failure) instead of scoring it 0."""
     monkeypatch.setenv("PATH", "/nonexistent")
     self_test.cache_clear()
-    cfg = RewardConfig(functions=[RewardSpec("code", 1.0, {"warm": 0})], timeout_s=10.0)
+    cfg = RewardConfig(functions=[RewardSpec("code", 1.0, {"warm": 0})], timeout_s=60.0)
     with pytest.raises(SandboxError, match="bubblewrap"):
         RewardWorker(cfg)
     pool = HardTimeoutPool(num_processes=1, timeout_s=10.0)

@@ -201,6 +201,15 @@ def test_code_reward_options_are_checked_before_anything_runs():
         check_options({"case_cpu_s": 5.0})
 
 
+def test_the_code_rewards_time_bound_must_fit_under_the_hard_limit():
+    registry_check_options("code", {"timeout_s": 16.0, "case_timeout_s": 4.0}, 40.0)
+    with pytest.raises(ValueError, match="raise reward.timeout_s to at least 36"):
+        registry_check_options("code", {"timeout_s": 16.0, "case_timeout_s": 4.0}, 30.0)
+    with pytest.raises(ValueError, match="at least 53"):  # the defaults: 30 s of sandbox time
+        registry_check_options("code", {}, 5.0)
+    registry_check_options("math", {}, 5.0)  # a reward without a time bound of its own: the hard limit is its bound
+
+
 def test_registry_checks_options_by_signature_or_hook():
     registry_check_options("code", {"mode": "all"})
     with pytest.raises(ValueError, match="has no option"):

@@ -31,7 +31,7 @@ class RewardWorker:
                 if spec.name not in self.critics:
                     raise ValueError(f"reward {spec.name!r} is served by a critic actor and none was given")
                 continue
-            fn = check_options(spec.name, dict(spec.options))
+            fn = check_options(spec.name, dict(spec.options), cfg.timeout_s)
             if hasattr(fn, "self_test"):
                 fn.self_test(dict(spec.options))
         self.cfg = cfg

@@ -52,7 +52,7 @@ def preflight(cfg: PonderConfig, model_path: str) -> None:
                          "`ponder init-model` and `ponder sft`, or set model.path to a Hugging Face model directory")
     for spec in cfg.reward.functions:
         try:
-            check_options(spec.name, dict(spec.options))
+            check_options(spec.name, dict(spec.options), cfg.reward.timeout_s)
         except ValueError as e:
             raise UsageError(f"reward.functions: {e}") from None
     load_problems(cfg.data.train, "train", cfg.data.task)

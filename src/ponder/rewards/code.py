@@ -31,6 +31,7 @@ import io
 import re
 import signal
 import threading
+import time
 from typing import Any
 
 from ponder.rewards.code_tests import Plan, plan_tests
@@ -74,15 +75,26 @@ class _Calls:
         self.made, self.failed, self.infra, self.not_plain_argument = 0, False, None, False
 
 
+class _Run:
+    """One evaluation: the calls of each statement so far, and whether the verifier's CPU budget is spent."""
+
+    def __init__(self):
+        self.calls: list[_Calls] = []
+        self.spent = False
+
+
 class _Proxy:
     """Stands for one of the program's functions in the tests."""
 
-    def __init__(self, job: Job, name: str, calls: list[_Calls]):
-        self.job, self.name, self.calls = job, name, calls
+    def __init__(self, job: Job, name: str, run: _Run):
+        self.job, self.name, self.run = job, name, run
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        seen = self.calls[-1]
+        seen = self.run.calls[-1]
         seen.made += 1
+        if self.run.spent:  # no more calls once the budget is spent, however the test caught that
+            seen.failed = True
+            raise _Aborted("the verifier's time on these tests is spent")
         try:
             sent = encode(list(args)), encode(kwargs)
         except TypeError:  # a function, an object: the test's own doing, never the program's
@@ -125,14 +137,14 @@ def evaluate(plan: Plan, job: Job, cpu_s: float | None = None) -> list[bool]:
     except Exception as e:  # noqa: BLE001 - trusted code that does not run: the row is broken
         raise ValueError(f"the problem's setup fails: {type(e).__name__}: {e}") from None
     namespace.update({name: importlib.import_module(name) for name in plan.modules})
-    calls: list[_Calls] = []
-    namespace.update({name: _Proxy(job, target, calls) for name, target in plan.remote.items()})
+    run = _Run()
+    namespace.update({name: _Proxy(job, target, run) for name, target in plan.remote.items()})
     verdicts: list[tuple[int, bool]] = []  # (statement, passed)
     try:
-        with _cpu_budget(cpu_s):
-            _statements(plan, namespace, calls, verdicts)
+        with _cpu_budget(cpu_s, run):
+            _statements(plan, namespace, run, verdicts)
     except _OverBudget:
-        running = len(calls) - 1  # it and every test after it fail
+        running = len(run.calls) - 1  # it and every test after it fail
         verdicts = [v for v in verdicts if v[0] < running] + [(i, False) for i in range(running, len(plan.tests))
                                                                if plan.tests[i]]
     if not verdicts:
@@ -140,19 +152,19 @@ def evaluate(plan: Plan, job: Job, cpu_s: float | None = None) -> list[bool]:
     return [passed for _, passed in verdicts]
 
 
-def _statements(plan: Plan, namespace: dict, calls: list[_Calls], verdicts: list[tuple[int, bool]]) -> None:
+def _statements(plan: Plan, namespace: dict, run: _Run, verdicts: list[tuple[int, bool]]) -> None:
     derived: set[str] = set()  # names bound or changed by statements that called the program
     for index, (source, is_test, reads, binds) in enumerate(zip(plan.statements, plan.tests, plan.reads, plan.binds)):
-        calls.append(_Calls())
+        run.calls.append(_Calls())
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 exec(compile(source, "test", "exec"), namespace)
             ok = True
-        except _OverBudget:
-            raise
         except BaseException:  # noqa: BLE001 - a failing test statement, whatever it raised
             ok = False
-        seen = calls[-1]
+        if run.spent:  # even if the test's own `except` caught the budget's signal
+            raise _OverBudget
+        seen = run.calls[-1]
         if seen.infra is not None:
             raise seen.infra
         if seen.not_plain_argument:
@@ -163,7 +175,7 @@ def _statements(plan: Plan, namespace: dict, calls: list[_Calls], verdicts: list
         if is_test and (seen.made or reads & derived):
             verdicts.append((index, ok))
         elif not is_test and not ok:
-            if not any(c.made for c in calls):  # nothing of the program has run: the row itself is broken
+            if not any(c.made for c in run.calls):  # nothing of the program has run: the row itself is broken
                 raise ValueError(f"test statement {source[:200]!r} fails without involving the program: fix the "
                                  "problem's tests")
             verdicts.append((index, False))  # it may hold what the program returned in a way the plan did not see
@@ -171,22 +183,24 @@ def _statements(plan: Plan, namespace: dict, calls: list[_Calls], verdicts: list
 
 
 @contextlib.contextmanager
-def _cpu_budget(seconds: float | None):
-    """Raise _OverBudget once this process has used `seconds` of CPU in user mode (load does not change that)."""
+def _cpu_budget(seconds: float | None, run: _Run):
+    """Once this process has used `seconds` of CPU (load does not change that), mark the run spent and raise
+    _OverBudget — again every 50 ms of CPU after, so that a test's bare `except:` cannot swallow it for good."""
     if seconds is None or threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def spent(signum, frame):
+        run.spent = True
         raise _OverBudget
 
-    previous = signal.signal(signal.SIGVTALRM, spent)
-    signal.setitimer(signal.ITIMER_VIRTUAL, seconds)
+    previous = signal.signal(signal.SIGPROF, spent)
+    signal.setitimer(signal.ITIMER_PROF, seconds, 0.05)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
-        signal.signal(signal.SIGVTALRM, previous)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 def evaluate_whole(plan: Plan, job: Job) -> list[bool]:
@@ -241,11 +255,13 @@ def code_reward(completion: str, problem: Problem, *, mode: str = "fraction", wa
         with pool.job(code, "stdio") as job:
             passed = run_cases(plan, job)
     else:
+        started = time.monotonic()
         try:
             with pool.job(code, "call") as job:
                 passed = evaluate(plan, job, cpu_s=pool.limits.timeout_s / 4)
-        except _NeedsWhole:
-            with pool.job(code, "call") as job:
+        except _NeedsWhole:  # the second job gets what the first left of the sample's time
+            left = max(1.0, pool.limits.timeout_s - (time.monotonic() - started))
+            with pool.job(code, "call", seconds=left) as job:
                 passed = evaluate_whole(plan, job)
     if mode == "all":
         return float(all(passed))
@@ -278,10 +294,16 @@ def check_options(options: dict[str, Any]) -> None:
     Limits(**_limits(options)).check()
 
 
+def time_bound(options: dict[str, Any]) -> float:
+    """Seconds a call can take whatever the program does: the sandbox's own time (at most `timeout_s`), this process's
+    CPU on the tests (a quarter of it), ending the job and a sandbox's start (15 s: more is a loaded machine)."""
+    return Limits(**_limits(options)).timeout_s * 1.25 + 15
+
+
 # The registry's optional hooks (rewards/registry.py): options checked before any actor starts, isolation checked
-# where the reward actor runs, warm sandboxes started in each verifier process before its first call, and the
-# promise that the reward bounds its own time (so the verifier pool's hard timeout is never the program's doing).
+# where the reward actor runs, warm sandboxes started in each verifier process before its first call, and the time
+# the reward bounds itself to (so the verifier pool's hard timeout is never the program's doing).
 code_reward.check_options = check_options  # type: ignore[attr-defined]
 code_reward.self_test = lambda options: self_test(Limits(**_limits(options)))  # type: ignore[attr-defined]
 code_reward.prepare = lambda options: _pool(options.get("warm", 2), _limits(options))  # type: ignore[attr-defined]
-code_reward.bounds_own_time = True  # type: ignore[attr-defined]  # a hard timeout of the verifier masks, never scores
+code_reward.time_bound = time_bound  # type: ignore[attr-defined]

@@ -2,15 +2,19 @@
 
 The sandbox runs this file too (its source is prepended to the runner's, `rewards/sandbox.py`): a program's return
 value is converted here *by type* — bool, int, float, complex, str, bytes, None, list, tuple, dict, set, frozenset,
-and instances of their subclasses (a `Counter` is sent as the dict it is, a namedtuple as its tuple) — and anything
-else is refused. The trusted side decodes the text into fresh builtin objects only, so no method the program defined
-ever takes part in a comparison. JSON carries None, bools, ints, floats, strings and lists as themselves; the other
-types are one-key objects: {"t": [...]} tuple, {"d": [[k, v], ...]} dict, {"s": [...]} set, {"f": [...]} frozenset,
-{"b": base64} bytes, {"c": [re, im]} complex, {"x": non-finite float}, {"i": hex} an int too long for decimal text.
+and instances of their subclasses (a `Counter` is sent as the dict it is, a namedtuple as its tuple), and the
+standard library's other numbers, Fraction and Decimal — and anything else is refused. The trusted side decodes the
+text into fresh objects of those types only, so no method the program defined ever takes part in a comparison. JSON
+carries None, bools, ints, floats, strings and lists as themselves; the other types are one-key objects: {"t": [...]}
+tuple, {"d": [[k, v], ...]} dict, {"s": [...]} set, {"f": [...]} frozenset, {"b": base64} bytes, {"c": [re, im]}
+complex, {"x": non-finite float}, {"i": hex} an int too long for decimal text, {"q": [n, d]} Fraction, {"m": text}
+Decimal.
 
->>> value = ({1, 2}, frozenset(), {"k": [b"\\x00", None, -0.0, float("inf"), 2 ** 70, 1j]})
->>> decode(encode(value)) == value
-True
+>>> from decimal import Decimal
+>>> from fractions import Fraction
+>>> value = ({1, 2}, frozenset(), {"k": [b"\\x00", None, -0.0, float("inf"), 2 ** 70, 1j, Fraction(1, 3)]})
+>>> decode(encode(value)) == value, decode(encode(Decimal("-0.10"))) == Decimal("-0.10")
+(True, True)
 >>> from collections import Counter, namedtuple
 >>> decode(encode(Counter("aab"))), decode(encode(namedtuple("P", "x y")(1, 2)))
 ({'a': 2, 'b': 1}, (1, 2))
@@ -26,9 +30,11 @@ ValueError: not plain data: ValueError
 
 import base64
 import json
+import sys
 
 MAX_DEPTH = 100
 MAX_COLLISIONS = 32
+MAX_DECIMAL_CHARS = 10_000
 _BIG = 1 << 64  # ints at least this large travel as hex: decimal text of a huge int is quadratic (and capped)
 
 
@@ -76,6 +82,11 @@ def _to_json(value, depth):
         return {"f": [_to_json(v, down) for v in frozenset.__iter__(value)]}
     if isinstance(value, set):
         return {"s": [_to_json(v, down) for v in set.__iter__(value)]}
+    fractions, decimal = sys.modules.get("fractions"), sys.modules.get("decimal")  # loaded if the value is one
+    if fractions is not None and isinstance(value, fractions.Fraction):
+        return {"q": [_to_json(int(value.numerator), down), _to_json(int(value.denominator), down)]}
+    if decimal is not None and isinstance(value, decimal.Decimal):
+        return {"m": decimal.Decimal.__str__(value)}
     raise TypeError(f"a value of type {type(value).__name__} is not plain data")
 
 
@@ -112,6 +123,17 @@ def _from_json(item, depth):
         return float(body)
     if tag == "i" and type(body) is str:
         return int(body, 16)
+    if tag == "q":
+        numerator, denominator = (_from_json(v, down) for v in _pair(body))
+        if type(numerator) is not int or type(denominator) is not int or denominator <= 0:
+            raise ValueError("a fraction needs int parts, the denominator positive")
+        from fractions import Fraction
+
+        return Fraction(numerator, denominator)
+    if tag == "m" and type(body) is str and len(body) <= MAX_DECIMAL_CHARS:
+        from decimal import Decimal
+
+        return Decimal(body)
     raise ValueError("unknown tag")
 
 

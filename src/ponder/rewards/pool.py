@@ -162,7 +162,7 @@ class HardTimeoutPool:
         code sandbox): then only the infrastructure can have hung it, and the sample is masked."""
         from ponder.rewards.registry import resolve
 
-        if getattr(resolve(task.reward), "bounds_own_time", False):
+        if hasattr(resolve(task.reward), "time_bound"):
             return Result("error", error=f"{task.reward} did not finish within reward.timeout_s "
                                          f"({self._timeout_s:.1f}s) although it bounds its own time")
         return Result("timeout", 0.0, f"killed after {self._timeout_s:.1f}s")

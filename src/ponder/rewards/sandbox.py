@@ -222,10 +222,10 @@ class Sandbox:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def job(self, code: str, kind: str) -> "Job":
+    def job(self, code: str, kind: str, seconds: Optional[float] = None) -> "Job":
         self.wait_ready()
         self.jobs += 1
-        return Job(self, code, kind)
+        return Job(self, code, kind, seconds)
 
     def send(self, record: dict) -> None:
         data = json.dumps(record).encode()
@@ -269,11 +269,12 @@ class Job:
     """One program's run on a sandbox: requests answered in order, each reply bound to this job by a nonce that only
     the parent and the harness know, and numbered. Use through `SandboxPool.job`."""
 
-    def __init__(self, box: Sandbox, code: str, kind: str):
+    def __init__(self, box: Sandbox, code: str, kind: str, seconds: Optional[float] = None):
         self.box, self.kind = box, kind
         self.nonce = secrets.token_hex(16)
         self.sent = 0
-        self.left_s = box.limits.timeout_s  # the harness's time on this job, all requests together
+        self.left_s = seconds or box.limits.timeout_s  # the harness's time on this job, all requests together
+        self.changed: list[str] = []
         box.send({"nonce": self.nonce, "code": code, "kind": kind})
 
     def call(self, name: str, args: str, kwargs: str) -> Reply:
@@ -308,11 +309,15 @@ class Job:
         return Reply(status, body, float(frame.get("wall_s", 0.0)))
 
     def finish(self) -> bool:
-        """End the job; True if the harness swept the sandbox clean (and every request was answered)."""
+        """End the job; True if the harness swept the sandbox clean (and every request was answered). `changed` then
+        says what the job left changed, if anything (why the sandbox is discarded)."""
         self.box.send({"op": "end"})
         frame = self.box.receive(time.monotonic() + REPLY_MARGIN_S)
-        return (frame is not None and frame.get("nonce") == self.nonce and frame.get("end") == self.sent
-                and frame.get("clean") is True)
+        if frame is None or frame.get("nonce") != self.nonce or frame.get("end") != self.sent:
+            self.changed = ["no answer to the end of the job"]
+            return False
+        self.changed = [str(what) for what in frame.get("changed", ["?"])]
+        return frame.get("clean") is True
 
 
 class _FrameReader:
@@ -355,9 +360,10 @@ class SandboxPool:
         self._ready: list[Sandbox] = []
         self._top_up()
 
-    def job(self, code: str, kind: str) -> "_PooledJob":
-        """`with pool.job(code, kind) as job: job.call(...)`; the sandbox goes back to the pool if it ends clean."""
-        return _PooledJob(self, code, kind)
+    def job(self, code: str, kind: str, seconds: Optional[float] = None) -> "_PooledJob":
+        """`with pool.job(code, kind) as job: job.call(...)`; the sandbox goes back to the pool if it ends clean.
+        `seconds`: the job's wall backstop, if less than `timeout_s` (a second job for the same sample)."""
+        return _PooledJob(self, code, kind, seconds)
 
     def _take(self) -> Sandbox:
         while self._ready:
@@ -384,13 +390,13 @@ class SandboxPool:
 
 
 class _PooledJob:
-    def __init__(self, pool: SandboxPool, code: str, kind: str):
-        self.pool, self.code, self.kind = pool, code, kind
+    def __init__(self, pool: SandboxPool, code: str, kind: str, seconds: Optional[float]):
+        self.pool, self.code, self.kind, self.seconds = pool, code, kind, seconds
 
     def __enter__(self) -> Job:
         self.box = self.pool._take()
         try:
-            self.job = self.box.job(self.code, self.kind)
+            self.job = self.box.job(self.code, self.kind, self.seconds)
         except SandboxError:
             self.box.kill()
             raise

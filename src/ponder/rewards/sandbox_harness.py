@@ -34,9 +34,8 @@ After a job it sweeps: kills every process but itself and the zygote, removes Sy
 empties /work and /tmp, checks that the zygote still waits (not stopped, not dead), and compares its own process
 state (limits, nice, affinity, scheduler, I/O priority, OOM score, timer slack, cgroup, keyrings, mounts, the modes,
 extended attributes and ACLs of /work and /tmp) with what it was at start. Any difference, or a sweep that fails,
-ends the sandbox ("clean": false): a poisoned sandbox never serves another job. (Timestamps of /work and /tmp are
-not compared: every job that writes a file changes them. They carry no more than a few bytes from one program to
-the next, which cannot raise either one's score: expected values never enter the sandbox.)
+ends the sandbox ("clean": false): a poisoned sandbox never serves another job. The times of /work and /tmp (which
+every job that writes a file changes) are set back to their start values.
 """
 
 import ctypes
@@ -55,6 +54,7 @@ JOB_IN, REPLY_OUT = 3, 4
 TICK = os.sysconf("SC_CLK_TCK")
 FIRST_POLL_S, MAX_POLL_S = 0.005, 0.05
 START_S, ANSWER_S = 20.0, 5.0  # the zygote's start on a loaded machine; any of its answers
+MAX_SWEPT = 10000  # files and directories in /work and /tmp that a sweep deletes; more: the sandbox is discarded
 CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 CHILD_STATUSES = ("ok", "error", "not_plain")  # what a child's reply may say; every other status is the harness's
 IOPRIO_GET = {"x86_64": 252, "aarch64": 31}
@@ -193,11 +193,14 @@ class Child:
 
 
 def serve(child, pending, limits, started):
-    """Write `pending` to the child, then wait for its answer under the limits; returns (status, body, own_s)."""
+    """Write `pending` to the child, then wait for its answer — a reply frame (call), or its stdout closed and its exit
+    (stdio) — under the limits, which hold until then; returns (status, body, own_s): own_s is the wall time less
+    the time the child waited for a CPU that others held."""
     cpu0, (_, waited0) = cpu_seconds(), schedstat(child.pid)
-    child.got, poll = b"", FIRST_POLL_S
+    child.got, poll, closed = b"", FIRST_POLL_S, False
     while True:
-        readable, writable, _ = select.select([child.replies], [child.requests] if pending else [], [], poll)
+        readers = [] if closed else [child.replies]
+        readable, writable, _ = select.select(readers, [child.requests] if pending else [], [], poll)
         if writable:
             try:
                 pending = pending[os.write(child.requests, pending):]
@@ -206,53 +209,60 @@ def serve(child, pending, limits, started):
         if readable:
             chunk = os.read(child.replies, 65536)
             child.got += chunk
+            closed = not chunk
             if len(child.got) > limits["output_bytes"] + (4 if child.kind == "call" else 0):  # a frame's header
-                return "output_limit", "more than %d bytes" % limits["output_bytes"], time.monotonic() - started
-            if not chunk or _complete(child):
-                return _finish(child, started, limits)
+                mine = own_time(child, started, waited0, 0.0)
+                return "output_limit", "more than %d bytes" % limits["output_bytes"], mine
+        answer = _answer(child, closed)
+        if answer:
+            return answer + (own_time(child, started, waited0, cpu_seconds() - cpu0),)
         poll = min(poll * 2, MAX_POLL_S)
         used = cpu_seconds() - cpu0
         wall = time.monotonic() - started
         if used > limits["case_cpu_s"]:
-            return "timeout", "used %.2f s of CPU" % used, wall
+            return "timeout", "used %.2f s of CPU" % used, own_time(child, started, waited0, used)
         if wall > limits["case_timeout_s"]:
-            _, waited = schedstat(child.pid)
-            external = max(0.0, (waited - waited0) / 1e9 - used)  # the waiting its own processes caused is its own
-            if external > wall / 2:
-                return "starved", "waited %.2f s of %.2f s for a CPU" % (external, wall), wall - external
-            return "timeout", "%.2f s wall, %.2f s CPU" % (wall, used), wall - external
+            mine = own_time(child, started, waited0, used)
+            if wall - mine > wall / 2:
+                return "starved", "waited %.2f s of %.2f s for a CPU" % (wall - mine, wall), mine
+            return "timeout", "%.2f s wall, %.2f s CPU" % (wall, used), mine
+
+
+def own_time(child, started, waited0, used):
+    """Wall time since `started` less what the child's main thread waited for a CPU held outside its job (the
+    waiting its own processes caused, at most the CPU they used, is its own)."""
+    wall = time.monotonic() - started
+    external = max(0.0, (schedstat(child.pid)[1] - waited0) / 1e9 - used)
+    return wall - min(external, wall)
+
+
+def _answer(child, closed):
+    """(status, body) once the child has answered: a whole reply frame (call), stdout closed and exited (stdio)."""
+    if child.kind == "call":
+        if _complete(child):
+            return _reply(child)
+        return ("died", _exit_text(child)) if closed else None
+    if not closed or child.reap() is None:
+        return None
+    if child.status != 0:
+        return "died", _exit_text(child)
+    return "ok", child.got.decode("utf-8", "replace")
 
 
 def _complete(child):
-    if child.kind == "stdio":
-        return False  # stdout ends at EOF
     return len(child.got) >= 4 and len(child.got) >= 4 + int.from_bytes(child.got[:4], "big")
 
 
-def _finish(child, started, limits):
-    """The reply or the output is in; a stdio child has the rest of its time to exit."""
-    own = time.monotonic() - started
-    if child.kind == "call":
-        if not _complete(child):
-            return "died", _exit_text(child), own
-        size = int.from_bytes(child.got[:4], "big")
-        try:
-            reply = json.loads(child.got[4:4 + size])
-            status, body = str(reply["status"]), str(reply["body"])
-        except Exception:  # noqa: BLE001 - the program wrote it: bad JSON, too deep, not an object, ...
-            return "died", "an unreadable reply", own
-        if status not in CHILD_STATUSES:  # the program may name any status: only an answer's are its to give
-            return "died", "a reply with status %r" % status[:40], own
-        return status, body, own
-    deadline = started + limits["case_timeout_s"]
-    while child.reap() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    status = child.reap()
-    if status is None:
-        return "timeout", "did not exit", time.monotonic() - started
-    if status != 0:
-        return "died", _exit_text(child), own
-    return "ok", child.got.decode("utf-8", "replace"), own
+def _reply(child):
+    size = int.from_bytes(child.got[:4], "big")
+    try:
+        reply = json.loads(child.got[4:4 + size])
+        status, body = str(reply["status"]), str(reply["body"])
+    except Exception:  # noqa: BLE001 - the program wrote it: bad JSON, too deep, not an object, ...
+        return "died", "an unreadable reply"
+    if status not in CHILD_STATUSES:  # the program may name any status: only an answer's are its to give
+        return "died", "a reply with status %r" % status[:40]
+    return status, body
 
 
 def _exit_text(child):
@@ -299,9 +309,9 @@ def run_job(job, zygote, limits):
             return answered
         started = time.monotonic()
         if own_total > limits["budget_s"]:
-            status, body, own = "timeout", "the job's time budget is spent", 0.0
+            status, body, mine = "timeout", "the job's time budget is spent", 0.0
         elif load_error is not None:
-            status, body, own = "error", load_error, 0.0
+            status, body, mine = "error", load_error, 0.0
         else:
             if child is None:
                 try:
@@ -315,14 +325,16 @@ def run_job(job, zygote, limits):
                 pending = frame({"code": job["code"], "kind": kind, "stdin": request.get("stdin", "")})
             if kind == "call":
                 pending += frame(request)
-            status, body, own = serve(child, pending, limits, started)
+            status, body, mine = serve(child, pending, limits, started)
             if status == "error" and body.startswith("load: "):
                 load_error = body  # the program itself fails to load: every request fails alike, no reloads
-            if status not in ("ok", "error", "not_plain") or kind == "stdio":
+            if status not in CHILD_STATUSES or kind == "stdio":
+                cleaning = time.monotonic()
                 child.close()
                 kill_all(zygote)
                 child = None
-        own_total += own
+                mine += time.monotonic() - cleaning  # the program's processes to kill are its own time
+        own_total += mine
         answered += 1
         send(REPLY_OUT, {"nonce": nonce, "seq": answered, "status": status, "body": body[:limits["output_bytes"]],
                          "wall_s": round(time.monotonic() - started, 4)})
@@ -341,6 +353,8 @@ def snapshot():
                   sorted((name, os.getxattr(d, name)) for name in os.listxattr(d)))  # ACLs are xattrs too
                  for d in ("/work", "/tmp")],
         "queues": sorted(os.listdir("/dev/mqueue")),
+        # modification times (access times are the kernel's to move: relatime updates them after any change)
+        "times": {d: os.stat(d).st_mtime_ns for d in ("/work", "/tmp")},
     }
     for name in ("/proc/self/oom_score_adj", "/proc/self/timerslack_ns", "/proc/self/cgroup", "/proc/self/mountinfo",
                  "/proc/keys", "/proc/key-users"):
@@ -353,9 +367,11 @@ def snapshot():
     return state
 
 
-def sweep(zygote):
-    """Leave the sandbox as it started: no process but the zygote, no IPC object, queue or file left behind."""
-    if not kill_all(zygote) or not zygote.alive():
+def sweep(zygote, start):
+    """Leave the sandbox as it started: no process but the zygote, no IPC object, queue or file left behind, and the
+    times of /work and /tmp as they were (else a program could leave a value there for the next one). False if that
+    failed, or would take long (a sandbox with very many files is discarded instead: killing it frees them at once)."""
+    if not kill_all(zygote) or not zygote.alive() or _more_entries_than(MAX_SWEPT, ("/work", "/tmp")):
         return False
     libc = ctypes.CDLL(None)
     for kind, remove in (("shm", lambda i: libc.shmctl(i, 0, None)), ("sem", lambda i: libc.semctl(i, 0, 0)),
@@ -371,7 +387,18 @@ def sweep(zygote):
             for name in dirs:
                 path = os.path.join(root, name)
                 os.unlink(path) if os.path.islink(path) else os.rmdir(path)
+        os.utime(top, ns=(start["times"][top], start["times"][top]))
     return True
+
+
+def _more_entries_than(limit, tops):
+    seen = 0
+    for top in tops:
+        for _, dirs, files in os.walk(top):
+            seen += len(dirs) + len(files)
+            if seen > limit:
+                return True
+    return False
 
 
 def main():
@@ -388,11 +415,12 @@ def main():
             return
         answered = run_job(job, zygote, limits)
         try:
-            clean = sweep(zygote) and snapshot() == start
-        except OSError:  # e.g. a directory the program made unreadable, a zygote that stopped answering
-            clean = False
-        send(REPLY_OUT, {"nonce": job["nonce"], "end": answered, "clean": clean})
-        if not clean:
+            now = snapshot() if sweep(zygote, start) else {"the sweep": "failed"}
+        except OSError as e:  # e.g. a directory the program made unreadable, a zygote that stopped answering
+            now = {"the sweep": str(e)}
+        changed = sorted(key for key in set(start) | set(now) if start.get(key) != now.get(key))
+        send(REPLY_OUT, {"nonce": job["nonce"], "end": answered, "clean": not changed, "changed": changed})
+        if changed:
             return
 
 

@@ -9,8 +9,11 @@ sharing its uid:
     kcmp, perf_event_open, bpf, userfaultfd, io_uring (its own path around these checks);
   - signalling the harness (pid 1, the sandbox's init) or the zygote: kill, tkill, tgkill, rt_(tg)sigqueueinfo to
     those pids, their process groups or every process (-1), and F_SETOWN-style async signal delivery;
-  - changing another process's limits and scheduling: prlimit64, setpriority, sched_set{affinity,scheduler,param,
-    attr} on any pid but the caller's own (0), ioprio_set, migrate_pages, move_pages, process_madvise;
+  - changing another process's limits: prlimit64 on any pid but the caller's own (0), migrate_pages, move_pages,
+    process_madvise;
+  - scheduling, its own included: setpriority (nice), sched_set{affinity,scheduler,param,attr}, ioprio_set. Another
+    process's would poison it; its own would let a program demote itself behind other work until its case is
+    judged starved by the machine (a masked sample) rather than slow;
   - hiding CPU time: setting SIGCHLD's action (ignoring it makes the kernel reap children unwaited, and the time they
     used would be counted nowhere);
   - state shared beyond a process's life: kernel keyrings (keyctl, add_key, request_key) and POSIX message queues;
@@ -48,7 +51,8 @@ DENY = ("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_open", "pidfd_
         "perf_event_open", "bpf", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "keyctl",
         "add_key", "request_key", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify",
         "mq_getsetattr", "ioprio_set", "migrate_pages", "move_pages", "process_madvise", "process_mrelease",
-        "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_by_handle_at")
+        "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_by_handle_at", "setpriority",
+        "sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr")
 NOT_ZERO, PROTECTED = "not 0", "protected"
 # system call -> conditions (argument index, denied values of its low 32 bits); any condition met denies the call.
 # PROTECTED: the pids given to `program` (each also as a negative process group), 1 (init) and -1 (everyone).
@@ -57,9 +61,7 @@ DENY_IF = {
     "rt_sigqueueinfo": [(0, PROTECTED)], "rt_tgsigqueueinfo": [(0, PROTECTED)],
     "fcntl": [(1, (8, 15))],  # F_SETOWN, F_SETOWN_EX: SIGIO/SIGURG sent to a pid of the program's choosing
     "ioctl": [(1, (0x8901, 0x8902, 0x5412))],  # FIOSETOWN, SIOCSPGRP, TIOCSTI
-    "prlimit64": [(0, NOT_ZERO)], "setpriority": [(0, NOT_ZERO), (1, NOT_ZERO)],  # only PRIO_PROCESS of itself
-    "sched_setaffinity": [(0, NOT_ZERO)], "sched_setscheduler": [(0, NOT_ZERO)], "sched_setparam": [(0, NOT_ZERO)],
-    "sched_setattr": [(0, NOT_ZERO)],
+    "prlimit64": [(0, NOT_ZERO)],  # its own limits only
 }
 
 _LD_W_ABS, _JEQ_K, _JGE_K, _RET_K = 0x20, 0x15, 0x35, 0x06
