@@ -26,6 +26,7 @@ class RolloutRequest:
     prompt_text: str
     seed: int
     max_tokens: Optional[int] = None  # per-request length cap (benchmarks with a long-tailed length mix)
+    thinking_budget: Optional[int] = None  # per-request thinking budget (overrides the sampling's; budget forcing)
 
 
 @dataclass
@@ -48,6 +49,12 @@ class Trajectory:
     masked: bool = False  # infrastructure failure while scoring: excluded from the loss, never scored as 0
     # per-step critic scores (dense rewards): (end of the step as a response-token index, exclusive; score)
     step_scores: list[tuple[int, float]] = field(default_factory=list)
+    # per response token: 1 sampled by the policy, 0 written by the environment (budget forcing's closing text and
+    # answer prefix, its continuation cues). Empty: all sampled. Environment tokens are never trained on.
+    sampled_mask: list[int] = field(default_factory=list)
+    thinking_tokens: Optional[int] = None  # response tokens before the think block closed; None: it never closed
+    forced_answer: bool = False  # the thinking budget ran out and the answer was forced
+    max_tokens: int = 0  # the length cap this sample was generated under (length penalties are relative to it)
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import ray
 
-from ponder.actors.rollout import Sampling
+from ponder.actors.rollout import Sampling, Thinking
 from ponder.data.datasets import load_problems
 from ponder.data.stream import make_requests
+from ponder.data.tiny_model import build_tokenizer
 from ponder.platform.cluster import Cluster
 from ponder.platform.config import load_config
 
@@ -111,3 +112,28 @@ def test_long_chains_of_thought_flow_through_engine_and_learner(parts):
     ours = ray.get(learner.forward_logprobs.remote(fresh.prompt_ids, fresh.response_ids))
     tail = [abs(a - b) for a, b in zip(ours[2500:], fresh.logprobs[2500:])]
     assert tail and max(tail) < LOGPROB_TOLERANCE, f"max |difference| past token 2500: {max(tail):.2e}"
+
+
+def test_thinking_budget_forces_the_answer_and_keeps_logprobs_exact(parts):
+    """Budget forcing on the real engine: thinking stops at exactly the budget, the closing text and answer prefix
+    follow as environment tokens (masked from the loss), and the policy's tokens after them still carry the logprobs
+    the learner computes for them."""
+    _, rollout, reward, learner, problems = parts
+    forced = "\n</think>\n\\boxed{"
+    forced_ids = build_tokenizer()(forced, add_special_tokens=False)["input_ids"]
+    budgeted = Sampling(n=2, temperature=1.0, top_p=1.0, max_tokens=60, min_tokens=20, thinking=Thinking(budget=20))
+    generated = rollout.generate.remote(make_requests(problems[:2], "think", 0, 7), budgeted)
+    scored, _ = reward.score.options(num_returns=2).remote(generated)
+    trajectories = ray.get(scored)
+    for t in trajectories:
+        assert t.forced_answer and t.thinking_tokens == 20
+        assert t.response_ids[20 : 20 + len(forced)] == forced_ids and forced in t.response_text
+        assert t.sampled_mask == [1] * 20 + [0] * len(forced) + [1] * (len(t.response_ids) - 20 - len(forced))
+        assert len(t.logprobs) == len(t.token_versions) == len(t.response_ids) > 20 + len(forced)
+        ours = ray.get(learner.forward_logprobs.remote(t.prompt_ids, t.response_ids))
+        after = [abs(a - b) for a, b in zip(ours[20 + len(forced):], t.logprobs[20 + len(forced):])]
+        assert max(after) < LOGPROB_TOLERANCE, f"max |difference| after the forced text: {max(after):.2e}"
+    metrics = ray.get(learner.train.remote(scored))
+    assert metrics["rollout/forced_answer_frac"] == 1.0 and metrics["rollout/thinking_tokens_mean"] == 20
+    assert metrics["rollout/environment_tokens"] == len(trajectories) * len(forced)
+    assert math.isfinite(metrics["train/loss"]) and metrics["train/logprob_mismatch"] < 1.0

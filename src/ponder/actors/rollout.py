@@ -9,7 +9,10 @@ their KV cache under the new weights and go on, and every token records the vers
 `interrupt` an update waits until no request is running and holds new requests back meanwhile.
 
 Each of a prompt's `n` samples is its own request with a seed derived from (run seed, step, prompt, sample), so a
-run's samples are reproducible. Weights arrive as a `WeightsVersion` handle (transport/weights.py), are verified, then
+run's samples are reproducible. With a thinking budget (`Thinking`, budget forcing) a sample is generated in segments:
+thinking stops at the budget or at `</think>`; the engine thread then appends environment text (the closing text and
+answer prefix, or a continuation cue that replaces an early close) and submits the sample again with everything so far
+as its prompt, so the policy's own tokens keep their exact logprobs and the environment's are marked as not sampled. Weights arrive as a `WeightsVersion` handle (transport/weights.py), are verified, then
 reloaded in place. A plain class; Ray (a threaded actor) is applied in `platform/cluster.py`.
 Talks to: transport (weights in), types (trajectories out), the reward and buffer actors it is handed.
 """
@@ -26,7 +29,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from ponder.data.template import THINK_CLOSE
 from ponder.platform.config import RolloutConfig
+from ponder.seeding import derive_seed
 from ponder.transport.weights import verify
 from ponder.types import GenerationReport, GroupMeta, RolloutRequest, Trajectory, WeightsVersion
 
@@ -45,6 +50,30 @@ class Sampling:
     # Keep sampling past EOS up to max_tokens without changing the distribution (exact lengths for benchmarks).
     ignore_eos: bool = False
     regex: Optional[str] = None  # structured output: completions must match it (a judge's "Score: N" line)
+    thinking: Optional["Thinking"] = None  # budget forcing; None: one request per sample, thinking unbounded
+
+
+@dataclass(frozen=True)
+class Thinking:
+    """Budget forcing (s1). A sample thinks for at most `budget` tokens (a request's own `thinking_budget` overrides
+    it; None = unbounded); then `close` and `answer_prefix` are appended and it goes on to answer, so a response always
+    ends with an answer. A think block the model closes itself is reopened with `cue` up to `extend` times (think
+    longer). Appended text is the environment's: recorded, never trained on."""
+
+    budget: Optional[int] = None
+    extend: int = 0
+    cue: str = "Wait"
+    close: str = "\n" + THINK_CLOSE + "\n"
+    answer_prefix: str = "\\boxed{"
+
+    @classmethod
+    def of(cls, cfg: RolloutConfig) -> Optional["Thinking"]:
+        """The configured budget forcing, or None when there is none. With several budgets the per-prompt draw is in
+        the requests (`data.stream.make_requests`)."""
+        if not cfg.thinking_budget and not cfg.thinking_extend:
+            return None
+        budget = cfg.thinking_budget[0] if len(cfg.thinking_budget) == 1 else None
+        return cls(budget, cfg.thinking_extend, cfg.thinking_cue, answer_prefix=cfg.answer_prefix)
 
 
 @dataclass
@@ -52,16 +81,45 @@ class _Sample:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
+    sampled: list[int] = field(default_factory=list)  # 1: the policy's token; 0: the environment's
     finish_reason: str = "unknown"
+    thinking: bool = False  # in the think block (only tracked with a thinking budget)
+    thinking_tokens: Optional[int] = None
+    forced: bool = False
+    extensions: int = 0
+    segments: int = 0  # requests this sample has been generated in
+    segment_start: int = 0  # where the running request's tokens begin in token_ids
+
+    def append(self, token_ids: list[int], logprobs: list[float], versions: list[int], sampled: int) -> None:
+        self.token_ids += token_ids
+        self.logprobs += logprobs
+        self.versions += versions
+        self.sampled += [sampled] * len(token_ids)
+
+    def truncate(self, length: int) -> None:
+        for seq in (self.token_ids, self.logprobs, self.versions, self.sampled):
+            del seq[length:]
 
 
 @dataclass
 class _Group:
     request: RolloutRequest
+    sampling: Sampling
     prompt_ids: list[int]
     samples: list[_Sample]
     remaining: int
     on_done: Callable[[list[Trajectory]], None]
+
+    @property
+    def max_tokens(self) -> int:
+        return self.request.max_tokens or self.sampling.max_tokens
+
+    @property
+    def budget(self) -> Optional[int]:
+        thinking = self.sampling.thinking
+        if thinking is None:
+            return None
+        return self.request.thinking_budget if self.request.thinking_budget is not None else thinking.budget
 
 
 @dataclass
@@ -244,10 +302,6 @@ class RolloutWorker:
 
     def _admit(self) -> None:
         """Waiting submissions enter the engine once it has their weights and no update is waiting."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
-
         if self._commands:
             return
         # Not first-in-first-out: a batch whose weights are here must never wait behind one whose weights are not.
@@ -257,40 +311,121 @@ class RolloutWorker:
             s = sub.sampling
             for req in sub.requests:
                 ids = self.tokenizer(req.prompt_text, add_special_tokens=False)["input_ids"]
-                group = _Group(req, ids, [_Sample() for _ in range(s.n)], remaining=s.n, on_done=sub.on_group)
+                group = _Group(req, s, ids, [_Sample(thinking=s.thinking is not None) for _ in range(s.n)],
+                               remaining=s.n, on_done=sub.on_group)
                 for k in range(s.n):
-                    request_id = str(next(self._ids))
-                    self._live[request_id] = (group, k)
-                    self.engine.add_request(request_id, TokensPrompt(prompt_token_ids=ids), SamplingParams(
-                        n=1, temperature=s.temperature, top_p=s.top_p, max_tokens=req.max_tokens or s.max_tokens,
-                        min_tokens=s.min_tokens, ignore_eos=s.ignore_eos, logprobs=0, seed=req.seed + k,
-                        output_kind=RequestOutputKind.DELTA,
-                        structured_outputs=StructuredOutputsParams(regex=s.regex) if s.regex else None))
+                    self._submit(group, k)
+
+    def _submit(self, group: _Group, k: int) -> None:
+        """Send sample k of `group` to the engine: its next segment, with everything generated so far as context."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        s, req, sample = group.sampling, group.request, group.samples[k]
+        max_tokens = group.max_tokens - len(sample.token_ids)
+        if sample.thinking and group.budget is not None:
+            max_tokens = min(max_tokens, group.budget - len(sample.token_ids))
+            if max_tokens <= 0:  # the budget is spent before this segment starts (a budget of 0, or cues)
+                sample.finish_reason = "length"
+                return self._submit(group, k) if self._next_segment(group, sample, closed=False) else self._done(group)
+        seed = req.seed + k if sample.segments == 0 else derive_seed(req.seed, k, sample.segments)
+        sample.segments += 1
+        sample.segment_start = len(sample.token_ids)
+        request_id = str(next(self._ids))
+        self._live[request_id] = (group, k)
+        self.engine.add_request(request_id, TokensPrompt(prompt_token_ids=group.prompt_ids + sample.token_ids),
+                                SamplingParams(
+            n=1, temperature=s.temperature, top_p=s.top_p, max_tokens=max_tokens,
+            min_tokens=s.min_tokens if sample.segments == 1 else 0, ignore_eos=s.ignore_eos, logprobs=0, seed=seed,
+            stop=[THINK_CLOSE] if sample.thinking else None, include_stop_str_in_output=True,
+            output_kind=RequestOutputKind.DELTA,
+            structured_outputs=StructuredOutputsParams(regex=s.regex) if s.regex else None))
 
     def _record(self, outputs: list) -> None:
-        """Append each request's new tokens, stamped with the weights that sampled them; hand on finished groups."""
+        """Append each request's new tokens, stamped with the weights that sampled them; go on with a sample whose
+        thinking ended (budget forcing), and hand on finished groups."""
         for out in outputs:
             group, k = self._live[out.request_id]
             sample, delta = group.samples[k], out.outputs[0]
-            sample.token_ids.extend(delta.token_ids)
-            sample.logprobs.extend(lp[tok].logprob for lp, tok in zip(delta.logprobs, delta.token_ids))
+            sample.append(list(delta.token_ids), [lp[tok].logprob for lp, tok in zip(delta.logprobs, delta.token_ids)],
+                          [], sampled=1)
             self.tokens_generated += len(delta.token_ids)
-            if out.finished:
-                sample.finish_reason = delta.finish_reason or "unknown"
-                sample.versions = token_versions(delta.weight_versions, len(sample.token_ids), self.version)
-                del self._live[out.request_id]
-                group.remaining -= 1
-                if group.remaining == 0:
-                    group.on_done(self._trajectories(group))
+            if not out.finished:
+                continue
+            del self._live[out.request_id]
+            sample.finish_reason = delta.finish_reason or "unknown"
+            sample.versions += token_versions(delta.weight_versions, len(sample.token_ids) - len(sample.versions),
+                                              self.version)
+            if self._next_segment(group, sample, closed=delta.stop_reason == THINK_CLOSE):
+                self._submit(group, k)
+            else:
+                self._done(group)
+
+    def _done(self, group: _Group) -> None:
+        group.remaining -= 1
+        if group.remaining == 0:
+            group.on_done(self._trajectories(group))
+
+    def _next_segment(self, group: _Group, sample: _Sample, closed: bool) -> bool:
+        """After a segment of a sample with a thinking budget: append the environment's text and say whether the sample
+        goes on (True) or is finished."""
+        if not sample.thinking:
+            return False
+        thinking, budget = group.sampling.thinking, group.budget
+        if closed:
+            close_at = self._close_start(sample)
+            cue = self._ids_of(thinking.cue)
+            if sample.extensions < thinking.extend and close_at + len(cue) < group.max_tokens:
+                sample.truncate(close_at)  # closed early: reopen with the cue and think on
+                sample.extensions += 1
+                self._append_environment(sample, cue)
+                return True
+            sample.thinking, sample.thinking_tokens = False, close_at
+            return len(sample.token_ids) < group.max_tokens
+        if sample.finish_reason == "length" and budget is not None and len(sample.token_ids) >= budget:
+            forced = self._ids_of(thinking.close + thinking.answer_prefix)
+            sample.thinking, sample.thinking_tokens = False, len(sample.token_ids)
+            if len(sample.token_ids) + len(forced) >= group.max_tokens:  # no room left to answer: truncated
+                return False
+            sample.forced = True
+            self._append_environment(sample, forced)
+            return True
+        return False
+
+    def _append_environment(self, sample: _Sample, ids: list[int]) -> None:
+        sample.append(ids, [0.0] * len(ids), [self.version] * len(ids), sampled=0)
+
+    def _close_start(self, sample: _Sample) -> int:
+        """Where the `</think>` that ended the running segment begins (the tokens that spell it end the sample)."""
+        start = len(sample.token_ids) - 1
+        while start > sample.segment_start and THINK_CLOSE not in self.tokenizer.decode(sample.token_ids[start:]):
+            start -= 1
+        return start
+
+    def _ids_of(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _trajectories(self, group: _Group) -> list[Trajectory]:
         req = group.request
-        return [Trajectory(group_id=req.group_id, sample_index=k, problem=req.problem, prompt_ids=list(group.prompt_ids),
-                           response_ids=s.token_ids, response_text=self.tokenizer.decode(s.token_ids,
-                                                                                         skip_special_tokens=True),
-                           logprobs=s.logprobs, finish_reason=s.finish_reason,
-                           policy_version=min(s.versions, default=self.version), token_versions=s.versions)
-                for k, s in enumerate(group.samples)]
+        out = []
+        for k, s in enumerate(group.samples):
+            text = self.tokenizer.decode(s.token_ids, skip_special_tokens=True)
+            thinking_tokens = s.thinking_tokens if group.sampling.thinking else self._tokens_before_close(text)
+            out.append(Trajectory(
+                group_id=req.group_id, sample_index=k, problem=req.problem, prompt_ids=list(group.prompt_ids),
+                response_ids=s.token_ids, response_text=text, logprobs=s.logprobs, finish_reason=s.finish_reason,
+                policy_version=min(s.versions, default=self.version), token_versions=s.versions,
+                sampled_mask=s.sampled if 0 in s.sampled else [], thinking_tokens=thinking_tokens,
+                forced_answer=s.forced, max_tokens=group.max_tokens))
+        return out
+
+    def _tokens_before_close(self, text: str) -> Optional[int]:
+        """Thinking length of a sample generated without a budget: the tokens of its text before the first `</think>`
+        (re-tokenized: exact for the embedded tokenizer, within a token or two of the sampled ids for BPE); None if
+        thinking never closed."""
+        end = text.find(THINK_CLOSE)
+        return None if end < 0 else len(self._ids_of(text[:end]))
 
     def _label_new_weights(self, version: int) -> None:
         """Call with the scheduler paused, right after new weights are in. vLLM labels every engine step with the

@@ -10,12 +10,15 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from ponder.data.tasks import ArithmeticTask, generate_code_problems, generate_problems
+from ponder.data.tasks import (ArithmeticTask, SearchTask, generate_code_problems, generate_problems,
+                               generate_search_problems)
 from ponder.platform.config import TaskConfig
 from ponder.types import Problem
 
 EMBEDDED = "embedded:arithmetic"
 EMBEDDED_CODE = "embedded:code"  # write f(x) from its formula, scored by the code sandbox
+EMBEDDED_SEARCH = "embedded:search"  # long chain of thought: a search with checks, long-tailed lengths
+EMBEDDED_SOURCES = (EMBEDDED, EMBEDDED_CODE, EMBEDDED_SEARCH)
 
 
 class DatasetError(ValueError):
@@ -24,12 +27,12 @@ class DatasetError(ValueError):
 
 def load_problems(source: str, split: str, task: TaskConfig) -> list[Problem]:
     """`split` is "train" or "eval"; only the embedded generator uses it (file sources are one split each)."""
-    if source in (EMBEDDED, EMBEDDED_CODE):
+    if source in EMBEDDED_SOURCES:
         return embedded_split(split, task, source)
     path = Path(source)
     if not path.exists():
         raise DatasetError(f"dataset {source!r} not found; give a .jsonl/.parquet file, a saved HF dataset "
-                           f"directory, {EMBEDDED!r} or {EMBEDDED_CODE!r}")
+                           f"directory, or one of {', '.join(EMBEDDED_SOURCES)}")
     if path.is_dir():
         rows = _hf_rows(path)
     elif path.suffix == ".jsonl":
@@ -55,6 +58,12 @@ def embedded_split(split: str, task: TaskConfig, source: str = EMBEDDED) -> list
             return held_out
         return generate_code_problems(min(task.num_train, 3564 - len(held_out)), task.seed,
                                       exclude=frozenset(p.prompt for p in held_out))
+    if source == EMBEDDED_SEARCH:
+        search = SearchTask(task.search_min_start, task.search_max_start, task.search_max_steps)
+        held_out = generate_search_problems(task.num_eval, task.seed + 1, search)
+        if split == "eval":
+            return held_out
+        return generate_search_problems(task.num_train, task.seed, search, exclude=frozenset(p.prompt for p in held_out))
     gen = ArithmeticTask(task.min_digits, task.max_digits, task.ops)
     held_out = generate_problems(task.num_eval, task.seed + 1, gen)
     if split == "eval":

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import random
+from typing import Sequence
 
 from ponder.data.template import render_prompt
 from ponder.seeding import derive_seed
 from ponder.types import Problem, RolloutRequest
 
 
-def make_requests(problems: list[Problem], template: str, seed: int, step: int, first_group: int = 0
-                  ) -> list[RolloutRequest]:
-    """One request per problem; group ids count up from `first_group`; seeds derive from (seed, step, prompt)."""
-    return [RolloutRequest(group_id=first_group + i, problem=p, prompt_text=render_prompt(p.prompt, template),
-                           seed=derive_seed(seed, step, i)) for i, p in enumerate(problems)]
+def make_requests(problems: list[Problem], template: str, seed: int, step: int, first_group: int = 0,
+                  budgets: Sequence[int] = ()) -> list[RolloutRequest]:
+    """One request per problem; group ids count up from `first_group`; seeds derive from (seed, step, prompt). With
+    several thinking `budgets`, each prompt draws one from its seed (one budget, or none, is the sampling's own)."""
+    requests = []
+    for i, p in enumerate(problems):
+        request_seed = derive_seed(seed, step, i)
+        budget = budgets[request_seed % len(budgets)] if len(budgets) > 1 else None
+        requests.append(RolloutRequest(group_id=first_group + i, problem=p, prompt_text=render_prompt(p.prompt, template),
+                                       seed=request_seed, thinking_budget=budget))
+    return requests
 
 
 class PromptStream:

@@ -1,4 +1,4 @@
-"""The embedded task: multi-digit addition and subtraction with a worked, column-by-column chain of thought.
+"""The embedded tasks: column-by-column arithmetic, a code task, and a long search with checks (`SearchTask`).
 
 Generated offline from a seed, so the demo needs no dataset hub. Each problem carries its verifiable answer and a
 worked solution (used only by `ponder sft` for the warm start; GRPO sees the answer through the reward alone).
@@ -6,6 +6,7 @@ worked solution (used only by `ponder sft` for the warm start; GRPO sees the ans
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -105,3 +106,79 @@ def generate_code_problems(n: int, seed: int, exclude: frozenset[str] = frozense
             seen.add(problem.prompt)
             problems.append(problem)
     return problems
+
+
+def digit_sum_line(n: int, target: int) -> str:
+    """One step of the search task's working: the candidate, then its digits taken off the target one at a time, and
+    the check — the candidate is the answer when nothing is left (a local, one-token check a small model can learn).
+
+    >>> digit_sum_line(138, 12), digit_sum_line(139, 12)
+    ('138 12-1=11-3=8-8=0 yes', '139 12-1=11-3=8-9=-1 no')
+    """
+    left, parts = target, [f"{n} {target}"]
+    for digit in map(int, str(n)):
+        left -= digit
+        parts.append(f"-{digit}={left}")
+    return "".join(parts) + (" yes" if left == 0 else " no")
+
+
+@dataclass(frozen=True)
+class SearchTask:
+    """The long chain-of-thought task: "find n>=137 with digit sum 20" — the first number from a start whose digits
+    add up to a target. The worked solution is a search with checks: propose the next candidate, add up its digits,
+    compare, go on or stop. Problems are drawn so that the number of candidates (hence the response length) is
+    log-uniform on 1..`max_steps`: most searches are short, a long tail runs to ~23 tokens a step x `max_steps`.
+    Stopping early (a thinking budget) leaves a guess; thinking to the end finds the answer."""
+
+    min_start: int = 100
+    max_start: int = 999
+    max_steps: int = 44
+
+    def sample(self, rng: random.Random) -> tuple[int, int] | None:
+        """(start, target), or None when the drawn search length has no solution from the drawn start (redraw)."""
+        steps = min(self.max_steps, int(math.exp(rng.uniform(0, math.log(self.max_steps + 1)))))
+        start = rng.randint(self.min_start, self.max_start)
+        sums = [_digit_sum(n) for n in range(start, start + steps)]
+        return (start, sums[-1]) if sums[-1] not in sums[:-1] else None
+
+
+def search_problem(start: int, target: int) -> Problem:
+    """The problem "find n>=start with digit sum target", its answer and its worked search.
+
+    >>> p = search_problem(137, 13)
+    >>> p.prompt, p.answer
+    ('find n>=137 with digit sum 13', '139')
+    >>> print(p.solution)
+    137 13-1=12-3=9-7=2 no
+    138 13-1=12-3=9-8=1 no
+    139 13-1=12-3=9-9=0 yes
+    """
+    lines, n = [], start
+    while _digit_sum(n) != target:
+        lines.append(digit_sum_line(n, target))
+        n += 1
+    lines.append(digit_sum_line(n, target))
+    return Problem(prompt=f"find n>={start} with digit sum {target}", answer=str(n), solution="\n".join(lines))
+
+
+def generate_search_problems(n: int, seed: int, task: SearchTask, exclude: frozenset[str] = frozenset()
+                             ) -> list[Problem]:
+    """`n` distinct search problems from `seed`, skipping prompts in `exclude`."""
+    rng, seen, problems, draws = random.Random(seed), set(exclude), [], 0
+    while len(problems) < n:
+        draws += 1
+        if draws > 200 * n + 10_000:
+            raise ValueError(f"asked for {n} distinct search problems; the task's range (starts {task.min_start}.."
+                             f"{task.max_start}, up to {task.max_steps} steps) has too few left: widen it")
+        drawn = task.sample(rng)
+        if drawn is None:
+            continue
+        problem = search_problem(*drawn)
+        if problem.prompt not in seen:
+            seen.add(problem.prompt)
+            problems.append(problem)
+    return problems
+
+
+def _digit_sum(n: int) -> int:
+    return sum(map(int, str(n)))

@@ -64,3 +64,23 @@ def process_advantages(step_scores: list[list[tuple[int, float]]], group_ids: li
             start = end
         out.append(token_adv)
     return out
+
+
+def length_shaping(lengths: torch.Tensor, caps: torch.Tensor, overlong_buffer: int, overlong_penalty: float,
+                   length_penalty: float) -> torch.Tensor:
+    """Reward terms for length control ("finish before the time-out"), added to each sample's reward. [B] -> [B].
+
+    DAPO's soft overlong punishment: 0 up to `cap - overlong_buffer` tokens, then falling linearly to
+    `-overlong_penalty` at the cap (0 buffer: off). Plus `-length_penalty * length / cap` (0: off).
+    lengths, caps: [B] response lengths and the caps they were generated under.
+
+    >>> length_shaping(torch.tensor([50., 90., 95., 100.]), torch.tensor([100.] * 4), 20, 1.0, 0.0)
+    tensor([ 0.0000, -0.5000, -0.7500, -1.0000])
+    >>> length_shaping(torch.tensor([50.]), torch.tensor([100.]), 0, 1.0, 0.1)
+    tensor([-0.0500])
+    """
+    shaped = -length_penalty * lengths / caps
+    if overlong_buffer > 0:
+        over = (lengths - (caps - overlong_buffer)).clamp(min=0) / overlong_buffer
+        shaped = shaped - overlong_penalty * over.clamp(max=1.0)
+    return shaped

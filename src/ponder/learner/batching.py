@@ -18,14 +18,15 @@ class Packed:
     input_ids: torch.Tensor  # [B, L] long, right-padded
     attention_mask: torch.Tensor  # [B, L] long
     targets: torch.Tensor  # [B, L-1] long: input_ids shifted left
-    response_mask: torch.Tensor  # [B, L-1] float: 1 on response-token targets of unmasked samples
+    response_mask: torch.Tensor  # [B, L-1] float: 1 on response-token targets the policy sampled, of unmasked samples
     behaviour_logprobs: torch.Tensor  # [B, L-1] float: the engine's logprobs, 0 outside the response
     advantages: torch.Tensor  # [B, L-1] float: the sequence's advantage (+ dense process terms) on its response
 
 
 def pack(trajectories: list[Trajectory], advantages: torch.Tensor, pad_id: int,
-         dense: list[torch.Tensor] | None = None) -> Packed:
-    """advantages: [B] aligned with `trajectories`; dense: optional per-sample [response length] additions."""
+         dense: list[torch.Tensor] | None = None, trained: list[bool] | None = None) -> Packed:
+    """advantages: [B] aligned with `trajectories`; dense: optional per-sample [response length] additions; trained:
+    optional [B], False for samples that leave the loss (default: all but reward-masked ones)."""
     lengths = [len(t.prompt_ids) + len(t.response_ids) for t in trajectories]
     width = max(lengths)
     ids = torch.full((len(trajectories), width), pad_id, dtype=torch.long)
@@ -37,8 +38,10 @@ def pack(trajectories: list[Trajectory], advantages: torch.Tensor, pad_id: int,
         p, r = len(traj.prompt_ids), len(traj.response_ids)
         ids[row, : p + r] = torch.tensor(traj.prompt_ids + traj.response_ids)
         attention[row, : p + r] = 1
-        if not traj.masked:  # a sample whose reward could not be computed trains on nothing
-            mask[row, p - 1 : p + r - 1] = 1.0
+        if (not traj.masked) if trained is None else trained[row]:  # a sample whose reward failed trains on nothing
+            # environment tokens (budget forcing's forced text) are context, never trained on
+            mask[row, p - 1 : p + r - 1] = torch.tensor(traj.sampled_mask, dtype=torch.float32) if traj.sampled_mask \
+                else 1.0
         behaviour[row, p - 1 : p + r - 1] = torch.tensor(traj.logprobs, dtype=torch.float32)
         token_adv[row, p - 1 : p + r - 1] = advantages[row] + (dense[row] if dense is not None else 0.0)
     return Packed(ids, attention, ids[:, 1:], mask, behaviour, token_adv)

@@ -42,9 +42,10 @@ def run_sft(cfg: SftConfig, data: DataConfig, progress: bool = True) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
     rng = random.Random(cfg.seed)
+    batches = _length_grouped(examples, cfg.batch_size, rng) if cfg.group_by_length else None
     bar = tqdm(range(cfg.steps), desc="sft", unit="step", disable=not progress)
     for _ in bar:
-        ids, labels = _batch(tokenizer, rng.sample(examples, cfg.batch_size))
+        ids, labels = _batch(tokenizer, next(batches) if batches else rng.sample(examples, cfg.batch_size))
         loss = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(), labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -57,6 +58,16 @@ def run_sft(cfg: SftConfig, data: DataConfig, progress: bool = True) -> Path:
     tokenizer.save_pretrained(out)
     stamp.write_text(json.dumps(settings))
     return out
+
+
+def _length_grouped(examples: list[tuple[str, str]], batch_size: int, rng: random.Random, pool: int = 32):
+    """Endless batches of examples of similar length (long-tailed data padded to each batch's longest wastes most of
+    the compute otherwise): draw `pool` batches' worth at random, sort them by length, cut, and shuffle the cuts."""
+    while True:
+        drawn = sorted(rng.sample(examples, min(len(examples), pool * batch_size)), key=lambda e: len(e[0]) + len(e[1]))
+        cuts = [drawn[i : i + batch_size] for i in range(0, len(drawn) - batch_size + 1, batch_size)]
+        rng.shuffle(cuts)
+        yield from cuts
 
 
 def _batch(tokenizer, pairs: list[tuple[str, str]]):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ponder.learner.advantages import grpo_advantages, process_advantages
+from ponder.learner.advantages import grpo_advantages, length_shaping, process_advantages
 from ponder.learner.batching import Packed, chunks, pack, shard_groups
 from ponder.learner.losses import (behaviour_correction, clipped_surrogate, entropy, kl_penalty, masked_sum,
                                   token_logprobs)
@@ -79,28 +79,42 @@ class LearnerWorker:
     def train(self, *batches: list[Trajectory]) -> dict[str, float]:
         everything = [t for batch in batches for t in batch]
         mine = shard_groups(everything, self.cfg.num_ranks, self.rank)
-        advantages, dense = self._advantages(mine)
+        advantages, dense, trained = self._advantages(mine)
         metrics: dict[str, list[float]] = {}
         groups = sorted({t.group_id for t in mine})
         for mb_groups in chunks(groups, len(groups) // self.cfg.num_minibatches):
             selected = set(mb_groups)
             index = [i for i, t in enumerate(mine) if t.group_id in selected]
             micro = [pack([mine[i] for i in part], advantages[part], self.tokenizer.pad_token_id,
-                          [dense[i] for i in part] if dense else None)
+                          [dense[i] for i in part] if dense else None, [trained[i] for i in part])
                      for part in chunks(index, self.cfg.micro_batch_size)]
             self._minibatch_step(micro, metrics, reuse_logprobs=self.cfg.num_minibatches == 1)
         out = {k: sum(v) / len(v) for k, v in metrics.items()}
         out.update(grad_norm=float(self.engine.get_global_grad_norm() or 0.0), **rollout_stats(everything))
+        if self.algo.overlong_filter:  # truncated samples the step left out of the loss (every rank sees every sample)
+            out["rollout/overlong_filtered"] = float(sum(t.finish_reason == "length" and not t.masked
+                                                         for t in everything))
         return out
 
-    def _advantages(self, trajectories: list[Trajectory]) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    def _advantages(self, trajectories: list[Trajectory]
+                    ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[bool]]:
         """Group-normalised outcome advantages [B], and with per-step critic scores their dense token-level terms
-        (times algo.process_coef). Masked samples (reward infrastructure failed) get 0 and stay out of group stats."""
-        keep = [i for i, t in enumerate(trajectories) if not t.masked]
+        (times algo.process_coef), and which samples are trained on. Rewards get the length-control terms first.
+        Masked samples (reward infrastructure failed), and with overlong filtering truncated ones, get 0, stay out of
+        group stats and out of the loss."""
+        a = self.algo
+        keep = [i for i, t in enumerate(trajectories)
+                if not t.masked and not (a.overlong_filter and t.finish_reason == "length")]
         advantages = torch.zeros(len(trajectories))
         dense = None
         if keep:
             rewards = torch.tensor([trajectories[i].reward for i in keep], dtype=torch.float32)
+            if a.overlong_buffer or a.length_penalty:
+                lengths = torch.tensor([len(trajectories[i].response_ids) for i in keep], dtype=torch.float32)
+                caps = torch.tensor([trajectories[i].max_tokens or len(trajectories[i].response_ids) for i in keep],
+                                    dtype=torch.float32).clamp(min=1)
+                rewards = rewards + length_shaping(lengths, caps, a.overlong_buffer, a.overlong_penalty,
+                                                   a.length_penalty)
             gids = torch.tensor([trajectories[i].group_id for i in keep])
             advantages[keep] = grpo_advantages(rewards, gids, self.algo.norm_adv_by_std)
         if self.algo.process_coef and any(t.step_scores for t in trajectories):
@@ -108,7 +122,8 @@ class LearnerWorker:
                                        [t.group_id for t in trajectories],
                                        [len(t.response_ids) for t in trajectories])
             dense = [self.algo.process_coef * d for d in dense]
-        return advantages, dense
+        kept = set(keep)
+        return advantages, dense, [i in kept for i in range(len(trajectories))]
 
     def _minibatch_step(self, micro: list[Packed], metrics: dict[str, list[float]], reuse_logprobs: bool) -> None:
         """One optimizer step over `micro`. The clipped ratio is taken against the proximal policy (this step's weights
@@ -244,18 +259,27 @@ class LearnerWorker:
 
 
 def rollout_stats(trajectories: list[Trajectory]) -> dict[str, float]:
-    """Reward, accuracy and length statistics of one step's samples."""
+    """Reward, accuracy, length and thinking statistics of one step's samples."""
+    n = len(trajectories)
     rewards = torch.tensor([t.reward for t in trajectories])
     lengths = torch.tensor([len(t.response_ids) for t in trajectories], dtype=torch.float32)
+    thinking = [t.thinking_tokens if t.thinking_tokens is not None else len(t.response_ids) for t in trajectories]
     terms = sorted({name for t in trajectories for name in t.reward_terms})
-    per_reward = {f"rollout/reward/{name}": sum(t.reward_terms.get(name, 0.0) for t in trajectories) / len(trajectories)
+    per_reward = {f"rollout/reward/{name}": sum(t.reward_terms.get(name, 0.0) for t in trajectories) / n
                   for name in terms}  # each reward function's unweighted mean term
     return per_reward | {
         "rollout/reward_mean": float(rewards.mean()), "rollout/reward_std": float(rewards.std(unbiased=False)),
-        "rollout/accuracy": sum(t.correct for t in trajectories) / len(trajectories),
+        "rollout/accuracy": sum(t.correct for t in trajectories) / n,
         "rollout/response_len_mean": float(lengths.mean()), "rollout/response_len_max": float(lengths.max()),
-        "rollout/truncated_frac": sum(t.finish_reason == "length" for t in trajectories) / len(trajectories),
+        "rollout/response_len_p50": float(lengths.quantile(0.5)),
+        "rollout/response_len_p90": float(lengths.quantile(0.9)),
+        "rollout/truncated_frac": sum(t.finish_reason == "length" for t in trajectories) / n,
+        # thinking: tokens before </think> (the whole response when thinking never closed); answer: the rest
+        "rollout/thinking_tokens_mean": sum(thinking) / n,
+        "rollout/answer_tokens_mean": float(lengths.sum() - sum(thinking)) / n,
+        "rollout/forced_answer_frac": sum(t.forced_answer for t in trajectories) / n,
+        "rollout/environment_tokens": float(sum(len(t.sampled_mask) - sum(t.sampled_mask) for t in trajectories)),
         "rollout/tokens": float(lengths.sum()),
         # samples whose tokens came from more than one policy version (partial rollouts across a weight update)
-        "rollout/multi_version_frac": sum(len(set(t.token_versions)) > 1 for t in trajectories) / len(trajectories),
+        "rollout/multi_version_frac": sum(len(set(t.token_versions)) > 1 for t in trajectories) / n,
     }

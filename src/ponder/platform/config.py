@@ -45,16 +45,21 @@ class SftConfig:
     lr: float = 1e-3
     warmup_steps: int = 20
     num_threads: int = 2
+    group_by_length: bool = False  # batches of similar-length examples (long-tailed tasks: far less padding)
     seed: int = 0
 
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """The embedded arithmetic task: column-by-column addition/subtraction with a verifiable answer."""
+    """The embedded tasks. `embedded:arithmetic`: column-by-column addition/subtraction (digits, ops);
+    `embedded:search`: find the first n >= start whose digits add up to a target (search_*); both splits by seed."""
 
     min_digits: int = 2
     max_digits: int = 3
     ops: str = "+-"
+    search_min_start: int = 100
+    search_max_start: int = 999
+    search_max_steps: int = 44  # candidates in the longest search (response length ~23 tokens a candidate)
     num_train: int = 20000
     num_eval: int = 256
     seed: int = 1234
@@ -98,6 +103,12 @@ class RolloutConfig:
     tensor_parallel_size: int = 1
     resources: dict[str, float] = field(default_factory=dict)  # Ray custom resources per actor: pins it to a pool
     weight_sync: str = "shm"  # shm: safetensors in shared memory + reload (CPU, any); nccl: GPU broadcast
+    # Budget forcing: thinking tokens a sample may use before its think block is closed for it and the answer forced.
+    # [] = unbounded; [N] = N for every sample; [N1, N2, ...] = one drawn per prompt (seeded), shared by its group.
+    thinking_budget: list[int] = field(default_factory=list)
+    thinking_extend: int = 0  # times a think block the model closes itself is reopened with `thinking_cue`
+    thinking_cue: str = "Wait"
+    answer_prefix: str = "\\boxed{"  # forced after the closing text when the budget runs out ("```python\n" for code)
 
 
 @dataclass(frozen=True)
@@ -136,6 +147,11 @@ class AlgoConfig:
     off_policy: str = "tis"  # behaviour-policy correction: none, tis (truncated IS) or decoupled (decoupled PPO)
     is_cap: float = 2.0  # tis: importance weights truncated at this; decoupled: tokens above it are masked
     process_coef: float = 1.0  # weight of the dense advantages from per-step critic scores (per_step critics only)
+    # Length control, relative to the cap each sample was generated under (rollout.max_tokens):
+    overlong_buffer: int = 0  # DAPO soft overlong punishment over the last N tokens before the cap; 0 = off
+    overlong_penalty: float = 1.0  # the punishment at the cap (it rises linearly over the buffer)
+    overlong_filter: bool = False  # truncated samples leave the loss and their group's statistics (counted)
+    length_penalty: float = 0.0  # reward -= length_penalty * length / cap
 
 
 @dataclass(frozen=True)
@@ -322,6 +338,10 @@ def validate(cfg: PonderConfig) -> None:
         (0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]"),
         (r.max_tokens < r.max_model_len, "rollout.max_tokens must be smaller than rollout.max_model_len"),
         (r.num_workers >= 1, "rollout.num_workers must be >= 1"),
+        (all(0 <= b < r.max_tokens for b in r.thinking_budget),
+         f"rollout.thinking_budget {list(r.thinking_budget)}: every budget must be >= 0 and below rollout.max_tokens "
+         f"({r.max_tokens}), which leaves room for the answer"),
+        (r.thinking_extend >= 0, "rollout.thinking_extend must be >= 0"),
         (t.prompts_per_step % r.num_workers == 0,
          f"trainer.prompts_per_step ({t.prompts_per_step}) must be divisible by rollout.num_workers ({r.num_workers})"),
         (t.prompts_per_step % lr.num_ranks == 0,
@@ -337,6 +357,8 @@ def validate(cfg: PonderConfig) -> None:
         (a.off_policy in ("none", "tis", "decoupled"),
          f"algo.off_policy must be none, tis or decoupled, got {a.off_policy!r}"),
         (a.is_cap >= 1.0, "algo.is_cap must be >= 1 (importance weights are capped at it)"),
+        (0 <= a.overlong_buffer < r.max_tokens,
+         f"algo.overlong_buffer must be >= 0 and below rollout.max_tokens ({r.max_tokens})"),
         (p.mode in ("sync", "one_step_off", "async"),
          f"pipeline.mode must be sync, one_step_off or async, got {p.mode!r}"),
         (p.max_staleness >= 0, "pipeline.max_staleness must be >= 0"),

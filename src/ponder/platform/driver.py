@@ -27,7 +27,7 @@ import ray
 from tqdm import tqdm
 
 from ponder.actors.buffer import Ledger
-from ponder.actors.rollout import Sampling
+from ponder.actors.rollout import Sampling, Thinking
 from ponder.data.datasets import load_problems
 from ponder.data.stream import PromptStream, make_requests
 from ponder.eval.heldout import heldout_metrics, rollout_and_score
@@ -208,12 +208,12 @@ class Loop:
     def of(cls, cfg: PonderConfig, cluster: Cluster, rollouts: Rollouts, rewards: Rewards, learners: list,
            train_set: list, state: DriverState) -> "Loop":
         r, t = cfg.rollout, cfg.trainer
-        sampling = Sampling(r.samples_per_prompt, r.temperature, r.top_p, r.max_tokens)
+        sampling = Sampling(r.samples_per_prompt, r.temperature, r.top_p, r.max_tokens, thinking=Thinking.of(r))
         stream = PromptStream(train_set, t.prompts_per_step, cfg.seed)
 
         def prompt_batch(index: int) -> list:  # the index-th batch of the run (= its step in sync mode), from 1
             return make_requests(stream.batch(index - 1), cfg.data.template, cfg.seed, index,
-                                 first_group=index * t.prompts_per_step)
+                                 first_group=index * t.prompts_per_step, budgets=r.thinking_budget)
 
         fanouts = {"rollout": rollouts.fanout, "reward": rewards.fanout}
 
