@@ -79,7 +79,9 @@ def length_shaping(lengths: torch.Tensor, caps: torch.Tensor, overlong_buffer: i
     >>> length_shaping(torch.tensor([50.]), torch.tensor([100.]), 0, 1.0, 0.1)
     tensor([-0.0500])
     """
-    shaped = -length_penalty * lengths / caps
+    shaped = torch.zeros_like(lengths)
+    if length_penalty:
+        shaped = shaped - length_penalty * lengths / caps
     if overlong_buffer > 0:
         over = (lengths - (caps - overlong_buffer)).clamp(min=0) / overlong_buffer
         shaped = shaped - overlong_penalty * over.clamp(max=1.0)
