@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 
-.PHONY: setup system-packages demo test test-unit test-fast bench bench-trl-setup bench-trl config-reference clean
+.PHONY: setup system-packages demo demo-search test test-unit test-fast bench bench-trl-setup bench-trl config-reference clean
 
 setup: $(STAMP) system-packages
 
@@ -27,6 +27,14 @@ demo: setup
 	$(BIN)/ponder init-model $(CONFIG)
 	$(BIN)/ponder sft $(CONFIG)
 	$(BIN)/ponder train $(CONFIG)
+
+# The long chain-of-thought task: its own SFT warm start, GRPO with length control, then a test-time scaling sweep
+# (samples per problem x thinking budgets) of the trained model. docs/thinking.md.
+demo-search: setup
+	$(BIN)/ponder init-model configs/search.yaml
+	$(BIN)/ponder sft configs/search.yaml
+	$(BIN)/ponder train configs/search.yaml
+	$(BIN)/ponder eval outputs/search/final_model configs/search.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q --timeout=1800 --durations=15

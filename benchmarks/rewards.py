@@ -30,7 +30,8 @@ import time
 from ponder.actors.reward import RewardWorker
 from ponder.data.tasks import ArithmeticTask, generate_problems
 from ponder.platform.config import RewardConfig
-from ponder.rewards.code import evaluate, last_code_block
+from ponder.rewards.code import evaluate
+from ponder.rewards.extract import last_code_block
 from ponder.rewards.code_tests import plan_tests
 from ponder.rewards.format import format_reward
 from ponder.rewards.math import math_reward

@@ -6,7 +6,8 @@ exceptions and verdicts); the real sandbox is exercised in tests/integration/tes
 import pytest
 
 from ponder.rewards import code as code_module
-from ponder.rewards.code import ProgramError, check_options, evaluate, last_code_block
+from ponder.rewards.code import ProgramError, check_options, evaluate
+from ponder.rewards.extract import last_code_block
 from ponder.rewards.code_tests import plan_tests as plan_of
 from ponder.rewards.plain import decode, encode
 from ponder.rewards.registry import check_options as registry_check_options

@@ -46,7 +46,7 @@ def test_search_line_counts_down_to_zero():
 
 def test_too_many_search_problems_is_a_clear_error():
     with pytest.raises(ValueError, match="widen it"):
-        generate_search_problems(5000, 0, SearchTask(min_start=100, max_start=120, max_steps=4))
+        generate_search_problems(50, 0, SearchTask(min_start=100, max_start=102, max_steps=2))
 
 
 def test_budgets_are_drawn_per_prompt_from_the_seed():
@@ -142,3 +142,26 @@ def test_length_shaping_by_hand():
     assert shaped.tolist() == pytest.approx([-0.02, -0.16, -0.18 - 0.25, -0.2 - 0.5])
     assert length_shaping(lengths, caps, 0, 1.0, 0.0).tolist() == [0.0] * 4
     assert not any(math.isnan(x) for x in shaped.tolist())
+
+
+def test_learner_applies_length_control_before_group_advantages():
+    from ponder.learner.advantages import grpo_advantages
+    from ponder.learner.worker import LearnerWorker
+    from ponder.platform.config import AlgoConfig
+
+    def traj(i: int, reward: float, length: int, reason: str = "stop") -> Trajectory:
+        return Trajectory(0, i, Problem("q", "a"), [1], [2] * length, "", [0.0] * length, reason, 0, reward=reward,
+                          max_tokens=100)
+
+    batch = [traj(0, 1.0, 50), traj(1, 0.0, 95), traj(2, 1.0, 100, "length"), traj(3, 0.0, 20)]
+    learner = object.__new__(LearnerWorker)
+    learner.algo = AlgoConfig(overlong_filter=True)
+    advantages, _, trained = learner._advantages(batch)
+    assert trained == [True, True, False, True] and advantages[2] == 0.0
+    assert advantages[[0, 1, 3]].tolist() == pytest.approx(grpo_advantages(torch.tensor([1.0, 0.0, 0.0]),
+                                                                           torch.tensor([0, 0, 0])).tolist())
+    learner.algo = AlgoConfig(overlong_buffer=10, overlong_penalty=1.0)  # 95 tokens: -0.5; 100: -1
+    advantages, _, trained = learner._advantages(batch)
+    assert all(trained)
+    shaped = torch.tensor([1.0, -0.5, 0.0, 0.0])
+    assert advantages.tolist() == pytest.approx(grpo_advantages(shaped, torch.tensor([0, 0, 0, 0])).tolist())

@@ -12,8 +12,9 @@ Each of a prompt's `n` samples is its own request with a seed derived from (run 
 run's samples are reproducible. With a thinking budget (`Thinking`, budget forcing) a sample is generated in segments:
 thinking stops at the budget or at `</think>`; the engine thread then appends environment text (the closing text and
 answer prefix, or a continuation cue that replaces an early close) and submits the sample again with everything so far
-as its prompt, so the policy's own tokens keep their exact logprobs and the environment's are marked as not sampled. Weights arrive as a `WeightsVersion` handle (transport/weights.py), are verified, then
-reloaded in place. A plain class; Ray (a threaded actor) is applied in `platform/cluster.py`.
+as its prompt, so the policy's own tokens keep their exact logprobs and the environment's are marked as not sampled.
+Weights arrive as a `WeightsVersion` handle (transport/weights.py), are verified, then reloaded in place. A plain
+class; Ray (a threaded actor) is applied in `platform/cluster.py`.
 Talks to: transport (weights in), types (trajectories out), the reward and buffer actors it is handed.
 """
 

@@ -63,7 +63,8 @@ def embedded_split(split: str, task: TaskConfig, source: str = EMBEDDED) -> list
         held_out = generate_search_problems(task.num_eval, task.seed + 1, search)
         if split == "eval":
             return held_out
-        return generate_search_problems(task.num_train, task.seed, search, exclude=frozenset(p.prompt for p in held_out))
+        return generate_search_problems(task.num_train, task.seed, search,
+                                        exclude=frozenset(p.prompt for p in held_out))
     gen = ArithmeticTask(task.min_digits, task.max_digits, task.ops)
     held_out = generate_problems(task.num_eval, task.seed + 1, gen)
     if split == "eval":

@@ -18,8 +18,8 @@ def make_requests(problems: list[Problem], template: str, seed: int, step: int, 
     for i, p in enumerate(problems):
         request_seed = derive_seed(seed, step, i)
         budget = budgets[request_seed % len(budgets)] if len(budgets) > 1 else None
-        requests.append(RolloutRequest(group_id=first_group + i, problem=p, prompt_text=render_prompt(p.prompt, template),
-                                       seed=request_seed, thinking_budget=budget))
+        requests.append(RolloutRequest(group_id=first_group + i, problem=p, seed=request_seed, thinking_budget=budget,
+                                       prompt_text=render_prompt(p.prompt, template)))
     return requests
 
 

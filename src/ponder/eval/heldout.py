@@ -13,7 +13,7 @@ from ponder.actors.rollout import Sampling
 from ponder.data.stream import make_requests
 from ponder.eval.metrics import majority_correct, pass_at_k
 from ponder.platform.recovery import Rewards, Rollouts
-from ponder.rewards.extract import last_boxed
+from ponder.rewards.extract import vote_key
 from ponder.types import Problem, Trajectory
 
 
@@ -36,6 +36,6 @@ def heldout_metrics(trajectories: list[Trajectory], prefix: str = "eval") -> dic
     if k > 1:
         out[f"{prefix}/pass@{k}"] = sum(pass_at_k(len(g), sum(t.correct for t in g), k)
                                         for g in groups.values()) / len(groups)
-        out[f"{prefix}/maj@{k}"] = sum(majority_correct([last_boxed(t.response_text) for t in g],
+        out[f"{prefix}/maj@{k}"] = sum(majority_correct([vote_key(t.response_text, t.problem) for t in g],
                                                         [t.correct for t in g]) for g in groups.values()) / len(groups)
     return out

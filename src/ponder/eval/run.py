@@ -1,26 +1,50 @@
-"""`ponder eval`: held-out metrics of a saved model, on the same rollout and reward actors as training."""
+"""`ponder eval`: held-out metrics of a saved model, on the same rollout and reward actors as training, and with
+`eval.thinking_budgets` / `eval.k` a test-time scaling sweep (eval/scaling.py) over budgets and samples per problem."""
 
 from __future__ import annotations
 
-from ponder.actors.rollout import Sampling
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ponder.actors.rollout import Sampling, Thinking
 from ponder.data.datasets import load_problems
 from ponder.eval.heldout import heldout_metrics, rollout_and_score
+from ponder.eval.scaling import Point, greedy_point, sampled_points
 from ponder.platform.cluster import Cluster
 from ponder.platform.config import PonderConfig
 from ponder.platform.recovery import Rewards, Rollouts
 
 
-def evaluate_model(model_dir: str, cfg: PonderConfig) -> dict[str, float]:
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]  # the unbounded run's greedy/sampled metrics, and per budget `budget_<B>/...`
+    points: list[Point] = field(default_factory=list)  # the scaling sweep, every budget and k
+
+
+def evaluate_model(model_dir: str, cfg: PonderConfig, progress=None) -> EvalResult:
+    """Greedy and `eval.k`-sample evaluation, once unbounded and once per thinking budget in `eval.thinking_budgets`.
+    `progress(text)` is told what runs."""
     problems = load_problems(cfg.data.eval, "eval", cfg.data.task)[: cfg.eval.prompts]
-    max_tokens = cfg.rollout.max_tokens
+    max_tokens, result = cfg.rollout.max_tokens, EvalResult({})
     with Cluster(cfg) as cluster:
         rollouts = Rollouts(cluster.rollout_pool(model_dir), cfg.ft.max_actor_restarts)
         rewards = Rewards(cluster.reward_pool(), cfg.ft.max_actor_restarts)
-        greedy = rollout_and_score(rollouts, rewards, problems, cfg.data.template, Sampling(1, 0.0, 1.0, max_tokens),
-                                   cfg.seed)
-        metrics = heldout_metrics(greedy, prefix="greedy")
-        if cfg.eval.k > 1:
-            sampled = rollout_and_score(rollouts, rewards, problems, cfg.data.template,
-                                        Sampling(cfg.eval.k, cfg.eval.temperature, 1.0, max_tokens), cfg.seed)
-            metrics.update(heldout_metrics(sampled, prefix="sampled"))
-    return metrics
+        for budget in [None, *cfg.eval.thinking_budgets]:
+            thinking: Optional[Thinking] = None if budget is None else Thinking(
+                budget, answer_prefix=cfg.rollout.answer_prefix)
+            prefix = "" if budget is None else f"budget_{budget}/"
+            if progress:
+                progress(f"greedy, thinking budget {budget or 'none'}")
+            greedy = rollout_and_score(rollouts, rewards, problems, cfg.data.template,
+                                       Sampling(1, 0.0, 1.0, max_tokens, thinking=thinking), cfg.seed)
+            result.metrics.update(heldout_metrics(greedy, prefix=f"{prefix}greedy"))
+            result.points.append(greedy_point(greedy, budget))
+            if cfg.eval.k > 1:
+                if progress:
+                    progress(f"{cfg.eval.k} samples per problem, thinking budget {budget or 'none'}")
+                sampled = rollout_and_score(rollouts, rewards, problems, cfg.data.template,
+                                            Sampling(cfg.eval.k, cfg.eval.temperature, 1.0, max_tokens,
+                                                     thinking=thinking), cfg.seed)
+                result.metrics.update(heldout_metrics(sampled, prefix=f"{prefix}sampled"))
+                result.points.extend(sampled_points(sampled, budget))
+    return result

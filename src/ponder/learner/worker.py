@@ -85,6 +85,9 @@ class LearnerWorker:
         for mb_groups in chunks(groups, len(groups) // self.cfg.num_minibatches):
             selected = set(mb_groups)
             index = [i for i, t in enumerate(mine) if t.group_id in selected]
+            # micro-batches of similar lengths: long-tailed responses padded to a short one's length cost little
+            # (the loss is a token sum over the mini-batch, so how samples are split does not change the gradient)
+            index.sort(key=lambda i: len(mine[i].prompt_ids) + len(mine[i].response_ids))
             micro = [pack([mine[i] for i in part], advantages[part], self.tokenizer.pad_token_id,
                           [dense[i] for i in part] if dense else None, [trained[i] for i in part])
                      for part in chunks(index, self.cfg.micro_batch_size)]
@@ -280,6 +283,7 @@ def rollout_stats(trajectories: list[Trajectory]) -> dict[str, float]:
         "rollout/forced_answer_frac": sum(t.forced_answer for t in trajectories) / n,
         "rollout/environment_tokens": float(sum(len(t.sampled_mask) - sum(t.sampled_mask) for t in trajectories)),
         "rollout/tokens": float(lengths.sum()),
+        "train/tokens": float(sum(len(t.prompt_ids) + len(t.response_ids) for t in trajectories)),
         # samples whose tokens came from more than one policy version (partial rollouts across a weight update)
         "rollout/multi_version_frac": sum(len(set(t.token_versions)) > 1 for t in trajectories) / n,
     }

@@ -16,7 +16,8 @@ EXAMPLES = {
     "train": "ponder train configs/default.yaml trainer.steps=20 rollout.samples_per_prompt=8\n"
              "  ponder train configs/default.yaml checkpoint.dir=s3://bucket/runs/demo --resume auto",
     "eval": "ponder eval outputs/run/final_model configs/default.yaml eval.k=8\n"
-            "  ponder eval --run 5b22bab9e3f54c0c8d6f1a2b3c4d5e6f configs/default.yaml",
+            "  ponder eval --run 5b22bab9e3f54c0c8d6f1a2b3c4d5e6f configs/default.yaml\n"
+            "  ponder eval artifacts/search/sft configs/search.yaml eval.k=16 'eval.thinking_budgets=[64,256]'",
     "sft": "ponder sft configs/default.yaml sft.steps=200",
     "init-model": "ponder init-model configs/default.yaml tiny_model.num_layers=2",
     "submit": "ponder submit --address http://127.0.0.1:8265 configs/default.yaml trainer.steps=50 --follow",
@@ -154,10 +155,49 @@ def cmd_eval(args) -> None:
     preflight(cfg, model_dir)
     from ponder.eval.run import evaluate_model
 
-    metrics = evaluate_model(model_dir, cfg)
-    width = max(map(len, metrics))
-    for k, v in metrics.items():
+    result = evaluate_model(model_dir, cfg, progress=lambda what: print(f"eval: {what}", flush=True))
+    width = max(map(len, result.metrics))
+    for k, v in result.metrics.items():
         print(f"{k:<{width}}  {v:.4f}")
+    run_id, files = log_eval(cfg, model_dir, result, args.run)
+    print(f"\nMLflow run {run_id} ({'the training run' if args.run else 'new'}), artifacts under eval/:")
+    for path in files:
+        print(f"  {path}")
+
+
+def log_eval(cfg: PonderConfig, model_dir: str, result, run_id: str | None) -> tuple[str, list[str]]:
+    """The evaluation into MLflow — the training run `run_id`, or a new run — as metrics, the scaling table (CSV and
+    JSON) and its PNGs; local copies under <trainer.output_dir>/eval. Returns the run id and the local files."""
+    import csv
+    import json
+    from dataclasses import replace
+
+    from ponder.eval.scaling import points_to_rows
+    from ponder.platform.config import flatten
+    from ponder.platform.plots import plot_scaling
+    from ponder.platform.tracking import Tracker
+
+    out = Path(cfg.trainer.output_dir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = points_to_rows(result.points)
+    files = []
+    if rows:
+        with open(out / "scaling.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        (out / "scaling.json").write_text(json.dumps(rows, indent=1))
+        files = [str(out / "scaling.csv"), str(out / "scaling.json"),
+                 *plot_scaling(result.points, cfg.rollout.max_tokens, out)]
+    tracking = replace(cfg.tracking, run_name=f"eval {cfg.tracking.run_name or Path(model_dir).name}")
+    tracker = Tracker(tracking, {**flatten(cfg), "eval.model_dir": model_dir}, to_yaml(cfg), run_id=run_id)
+    try:
+        tracker.log_metrics(result.metrics, step=0)
+        for path in files:
+            tracker.log_artifact(path, "eval")
+    finally:
+        tracker.finish()
+    return tracker.run_id, files
 
 
 def cmd_sft(args) -> None:
@@ -207,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a run from a checkpoint, in the same MLflow run at the next step: `auto` = the "
                         "latest under checkpoint.dir (a new run if there is none), a checkpoint root or one "
                         "checkpoint (.../step_00000020), or an MLflow run id")
-    p = add("eval", cmd_eval, "Held-out accuracy of a saved model: greedy pass@1, sampled pass@k and maj@k.")
+    p = add("eval", cmd_eval, "Held-out accuracy of a saved model: greedy pass@1, sampled pass@k and maj@k; with "
+                              "eval.k > 1 and eval.thinking_budgets, test-time scaling curves. Logged to MLflow.")
     p.add_argument("model_dir", nargs="?", default=None, help="a Hugging Face-format model directory")
     p.add_argument("items", nargs="*", help=items_help)
     p.add_argument("--run", metavar="RUN_ID", default=None,

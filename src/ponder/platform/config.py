@@ -223,11 +223,14 @@ class FaultToleranceConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """`ponder eval`: greedy pass@1, sampled pass@k and maj@k on the held-out split."""
+    """`ponder eval`: greedy pass@1, sampled pass@k and maj@k on the held-out split; with several samples a test-time
+    scaling sweep over k = 1, 2, 4, ..., `k` (pass, maj, and with a reward_model critic best-of and RM-weighted vote),
+    repeated for each thinking budget."""
 
     k: int = 8
     temperature: float = 1.0
     prompts: int = 256
+    thinking_budgets: list[int] = field(default_factory=list)  # e.g. [64, 128, 256, 512]; unbounded is always run
 
 
 @dataclass(frozen=True)
@@ -376,6 +379,9 @@ def validate(cfg: PonderConfig) -> None:
          "that kills it; raise reward.timeout_s"),
         (cfg.data.template in ("think", "none"), "data.template must be 'think' or 'none'"),
         (cfg.eval.k >= 1, "eval.k must be >= 1"),
+        (all(0 <= b < r.max_tokens for b in cfg.eval.thinking_budgets),
+         f"eval.thinking_budgets {list(cfg.eval.thinking_budgets)}: every budget must be >= 0 and below "
+         f"rollout.max_tokens ({r.max_tokens})"),
         (cfg.checkpoint.every >= 0, "checkpoint.every must be >= 0 (0 = no checkpoints)"),
         (cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
         (cfg.checkpoint.dir is None or "://" not in cfg.checkpoint.dir or cfg.checkpoint.dir.startswith("s3://"),

@@ -36,7 +36,7 @@ from ponder.platform.cluster import Cluster
 from ponder.platform.config import PonderConfig, flatten, to_yaml
 from ponder.platform.lineage import lineage_tags
 from ponder.platform.pipeline import Schedule, StreamingRollouts
-from ponder.platform.plots import plot_curves
+from ponder.platform.plots import plot_compute_curve, plot_curves
 from ponder.platform.recovery import NeedsCheckpoint, Rewards, Rollouts, on_learners
 from ponder.platform.tracking import CHECKPOINT_DIR_TAG, FINAL_MODEL, LATEST_CHECKPOINT_TAG, Tracker
 
@@ -169,6 +169,7 @@ def run_attempt(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, s
                 name = cfg.tracking.registered_model
                 result.registered = f"{name}/{tracker.register_model(name)}" if name else None
         tracker.log_artifact(plot_curves(state.history, state.evals, out / "curves.png"))
+        tracker.log_artifact(plot_compute_curve(state.history, state.evals, out / "accuracy_vs_compute.png"))
     finally:
         shutil.rmtree(weights_dir, ignore_errors=True)  # also when a killed learner could not clean up itself
 

@@ -28,29 +28,16 @@ import builtins
 import contextlib
 import importlib
 import io
-import re
 import signal
 import threading
 import time
 from typing import Any
 
 from ponder.rewards.code_tests import Plan, plan_tests
+from ponder.rewards.extract import last_code_block
 from ponder.rewards.plain import decode, encode
 from ponder.rewards.sandbox import Job, Limits, SandboxError, SandboxPool, self_test
 from ponder.types import Problem
-
-_BLOCK = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL)
-
-
-def last_code_block(completion: str) -> str | None:
-    """The last fenced code block (```python, ```py or bare ```), None if there is none.
-
-    >>> last_code_block("try\\n```python\\nx = 1\\n```\\nbetter:\\n```\\nx = 2\\n```")
-    'x = 2\\n'
-    """
-    blocks = _BLOCK.findall(completion)
-    return blocks[-1] if blocks else None
-
 
 class ProgramError(Exception):
     """The program raised an exception that is not a builtin one."""
