@@ -58,31 +58,43 @@ def plot_scaling(points: list, max_tokens: int, out_dir: Path) -> list[str]:
     per method and budget; and accuracy against the thinking budget (unbounded drawn at `max_tokens`)."""
     plt = _pyplot()
     paths = []
+    from matplotlib.lines import Line2D
+
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    series: dict[tuple, list] = {}
-    for p in points:
-        series.setdefault((p.method, p.budget), []).append(p)
-    for (method, budget), pts in sorted(series.items(), key=lambda item: (str(item[0][1]), item[0][0])):
-        pts = sorted(pts, key=lambda p: p.tokens_per_problem)
-        label = f"{method}" + ("" if budget is None else f", budget {budget}")
-        ax.plot([p.tokens_per_problem for p in pts], [p.accuracy for p in pts], marker="o" if method != "greedy"
-                else "*", markersize=4 if method != "greedy" else 9, linestyle="-" if budget is None else ":",
-                label=label)
+    methods = sorted({p.method for p in points}, key=["greedy", "pass", "maj", "best", "rm_vote"].index)
+    colour = {m: f"C{i}" for i, m in enumerate(methods)}
+    budget_list = sorted({p.budget for p in points}, key=lambda b: (b is None, b or 0))
+    style = {b: "-" if b is None else [":", "--", "-.", (0, (3, 1, 1, 1, 1, 1)), (0, (8, 2))][i % 5]
+             for i, b in enumerate(budget_list)}
+    for method in methods:
+        for budget in budget_list:
+            pts = sorted((p for p in points if p.method == method and p.budget == budget),
+                         key=lambda p: p.tokens_per_problem)
+            ax.plot([p.tokens_per_problem for p in pts], [p.accuracy for p in pts], color=colour[method],
+                    linestyle=style[budget], marker="*" if method == "greedy" else "o",
+                    markersize=9 if method == "greedy" else 3)
+    handles = [Line2D([], [], color=colour[m], marker="*" if m == "greedy" else "o", label=m) for m in methods]
+    handles += [Line2D([], [], color="grey", linestyle=style[b], label="unbounded" if b is None else f"budget {b}")
+                for b in budget_list]
     ax.set_xscale("log")
     ax.set_xlabel("tokens generated per problem (log)")
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(handles=handles, fontsize=7, ncol=2)
     paths.append(_save(fig, out_dir / "scaling_tokens.png"))
 
     budgets = sorted({p.budget for p in points if p.budget is not None})
     if budgets:
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         x_of = {b: b for b in budgets} | {None: max_tokens}
-        for method, k in sorted({(p.method, p.k) for p in points if p.method in ("greedy", "pass", "maj")
-                                 and (p.method == "greedy" or p.k in (1, max(q.k for q in points)))}):
+        top = max(q.k for q in points)
+        for method, k in [("greedy", 1), ("pass", 1), ("pass", top), ("maj", top)]:
+            if method != "greedy" and top == 1:
+                continue
             pts = sorted((p for p in points if p.method == method and p.k == k), key=lambda p: x_of[p.budget])
+            if not pts:
+                continue
             ax.plot([x_of[p.budget] for p in pts], [p.accuracy for p in pts], marker="o",
                     label=method if method == "greedy" else f"{method}@{k}")
         ax.set_xscale("log")
