@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from functools import partial
+from typing import Any, Callable, Iterable
 
 from ponder.data.tasks import (ArithmeticTask, SearchTask, generate_code_problems, generate_problems,
                                generate_search_problems)
@@ -50,26 +51,22 @@ def load_problems(source: str, split: str, task: TaskConfig) -> list[Problem]:
 
 
 def embedded_split(split: str, task: TaskConfig, source: str = EMBEDDED) -> list[Problem]:
-    """Fixed-seed, disjoint held-out and train splits of an embedded task (the code task has 3,564 problems in all:
-    its train split is what is left after the held-out one, at most `num_train`)."""
+    """Fixed-seed, disjoint held-out and train splits of an embedded task: the held-out split is drawn first (seed + 1)
+    and the train split from what is left (the code task has 3,564 problems in all: its train split is at most that
+    less the held-out ones)."""
+    num_train = task.num_train
     if source == EMBEDDED_CODE:
-        held_out = generate_code_problems(task.num_eval, task.seed + 1)
-        if split == "eval":
-            return held_out
-        return generate_code_problems(min(task.num_train, 3564 - len(held_out)), task.seed,
-                                      exclude=frozenset(p.prompt for p in held_out))
-    if source == EMBEDDED_SEARCH:
-        search = SearchTask(task.search_min_start, task.search_max_start, task.search_max_steps)
-        held_out = generate_search_problems(task.num_eval, task.seed + 1, search)
-        if split == "eval":
-            return held_out
-        return generate_search_problems(task.num_train, task.seed, search,
-                                        exclude=frozenset(p.prompt for p in held_out))
-    gen = ArithmeticTask(task.min_digits, task.max_digits, task.ops)
-    held_out = generate_problems(task.num_eval, task.seed + 1, gen)
+        generate: Callable[..., list[Problem]] = generate_code_problems
+        num_train = min(num_train, 3564 - task.num_eval)
+    elif source == EMBEDDED_SEARCH:
+        generate = partial(generate_search_problems,
+                           task=SearchTask(task.search_min_start, task.search_max_start, task.search_max_steps))
+    else:
+        generate = partial(generate_problems, task=ArithmeticTask(task.min_digits, task.max_digits, task.ops))
+    held_out = generate(task.num_eval, task.seed + 1)
     if split == "eval":
         return held_out
-    return generate_problems(task.num_train, task.seed, gen, exclude=frozenset(p.prompt for p in held_out))
+    return generate(num_train, task.seed, exclude=frozenset(p.prompt for p in held_out))
 
 
 def _jsonl_rows(path: Path) -> Iterable[dict[str, Any]]:
