@@ -5,13 +5,12 @@ Used by the driver between training steps (with the current policy) and by `pond
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import ray
 
 from ponder.actors.rollout import Sampling
 from ponder.data.stream import make_requests
 from ponder.eval.metrics import majority_correct, pass_at_k
+from ponder.eval.scaling import by_problem
 from ponder.platform.recovery import Rewards, Rollouts
 from ponder.rewards.extract import vote_key
 from ponder.types import Problem, Trajectory
@@ -27,15 +26,13 @@ def rollout_and_score(rollouts: Rollouts, rewards: Rewards, problems: list[Probl
 
 def heldout_metrics(trajectories: list[Trajectory], prefix: str = "eval") -> dict[str, float]:
     """Accuracy and mean reward; with several samples per prompt also pass@k and maj@k (k = samples per prompt)."""
-    groups: dict[int, list[Trajectory]] = defaultdict(list)
-    for t in trajectories:
-        groups[t.group_id].append(t)
-    k = min(len(g) for g in groups.values())
+    groups = by_problem(trajectories)
+    k = min(len(g) for g in groups)
     out = {f"{prefix}/accuracy": sum(t.correct for t in trajectories) / len(trajectories),
            f"{prefix}/reward_mean": sum(t.reward for t in trajectories) / len(trajectories)}
     if k > 1:
         out[f"{prefix}/pass@{k}"] = sum(pass_at_k(len(g), sum(t.correct for t in g), k)
-                                        for g in groups.values()) / len(groups)
+                                        for g in groups) / len(groups)
         out[f"{prefix}/maj@{k}"] = sum(majority_correct([vote_key(t.response_text, t.problem) for t in g],
-                                                        [t.correct for t in g]) for g in groups.values()) / len(groups)
+                                                        [t.correct for t in g]) for g in groups) / len(groups)
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from math import comb
 
 
@@ -17,16 +16,22 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
-    """Is the most common extracted answer (ties: first seen) a correct one? Missing answers do not vote.
+def majority_correct(answers: list[str | None], correct: list[bool], weights: list[float] | None = None) -> bool:
+    """Is the answer with the most votes — or with `weights`, the largest total weight — a correct one (ties: the
+    first seen)? Missing answers do not vote; with no votes at all, no.
 
     >>> majority_correct(["3", "4", "3"], [True, False, True]), majority_correct([None, "4"], [False, False])
     (True, False)
+    >>> majority_correct(["3", "4", "3"], [True, False, True], weights=[1.0, 5.0, 1.0])
+    False
     """
-    votes = Counter(a for a in answers if a is not None)
-    if not votes:
+    totals: dict[str, float] = {}
+    for i, answer in enumerate(answers):
+        if answer is not None:
+            totals[answer] = totals.get(answer, 0.0) + (1.0 if weights is None else weights[i])
+    if not totals:
         return False
-    winner = votes.most_common(1)[0][0]
+    winner = max(totals, key=totals.__getitem__)  # the first of the largest, in the order first seen
     return next(ok for a, ok in zip(answers, correct) if a == winner)
 
 

@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ponder.eval.metrics import pass_at_k
+from ponder.eval.metrics import majority_correct, pass_at_k
 from ponder.rewards.extract import vote_key
 from ponder.types import Trajectory
 
@@ -79,30 +79,21 @@ def sampled_points(trajectories: list[Trajectory], budget: Optional[int]) -> lis
 
 
 def majority_right(samples: list[Trajectory]) -> bool:
-    return _weighted_vote(samples, lambda t: 1.0)
+    return majority_correct(_keys(samples), [t.correct for t in samples])
 
 
 def rm_vote_right(samples: list[Trajectory]) -> bool:
     top = max(t.reward_terms[RM_TERM] for t in samples)  # exp of the score relative to the best: no overflow
-    return _weighted_vote(samples, lambda t: math.exp(t.reward_terms[RM_TERM] - top))
+    return majority_correct(_keys(samples), [t.correct for t in samples],
+                            [math.exp(t.reward_terms[RM_TERM] - top) for t in samples])
 
 
 def best_right(samples: list[Trajectory]) -> bool:
     return max(samples, key=lambda t: t.reward_terms[RM_TERM]).correct
 
 
-def _weighted_vote(samples: list[Trajectory], weight: Callable[[Trajectory], float]) -> bool:
-    """Is the answer with the largest total weight (ties: the first seen) a right one? Samples without an answer do
-    not vote; a problem where none answered is wrong."""
-    totals: dict[str, float] = {}
-    right: dict[str, bool] = {}
-    for t in samples:
-        key = vote_key(t.response_text, t.problem)
-        if key is None:
-            continue
-        totals[key] = totals.get(key, 0.0) + weight(t)
-        right.setdefault(key, t.correct)
-    return bool(totals) and right[max(totals, key=totals.__getitem__)]
+def _keys(samples: list[Trajectory]) -> list[str | None]:
+    return [vote_key(t.response_text, t.problem) for t in samples]
 
 
 def points_to_rows(points: list[Point]) -> list[dict]:
