@@ -12,9 +12,13 @@ B6 — step time of the Ray pipeline (sync mode) against the same three componen
 DeepSpeed learner) called directly in this one process, same model, prompts and lengths.
 
 The model is the tiny Qwen2 built fresh (random weights: rewards are all 0, so the learner's work is the same as in
-training but nothing is learned; throughput is the point). Usage:
+training but nothing is learned; throughput is the point). With `--task search` B1 runs the real workload instead:
+the long chain-of-thought task's SFT warm start (`ponder sft configs/search.yaml` first), its prompts, the settings
+of configs/search.yaml, its real rewards and real stopping (no synthetic lengths), and the learner really trains.
+Usage:
 
     .venv/bin/python benchmarks/pipeline.py [--repeats 2] [--steps 4] [--b6]
+    .venv/bin/python benchmarks/pipeline.py --task search --prompts 32 --n 8 --repeats 1 --steps 3
 """
 
 from __future__ import annotations
@@ -43,22 +47,29 @@ from ponder.platform.driver import grpo_step, streaming_step
 from ponder.platform.recovery import Rewards, Rollouts
 from ponder.platform.pipeline import Schedule, StreamingRollouts
 
+SEARCH_CONFIG = "configs/search.yaml"
 MODES = {"sync": None, "one_step_off": Schedule(1, False), "async": Schedule(2, False),
          "async+partial": Schedule(2, True)}
 
 
 def config(args, pinned: bool):
     pins = ["rollout.cpu_bind=0", "learner.cpu_bind=1", "learner.num_threads=1"] if pinned else []
+    if args.task == "search":  # the task's own config: its length cap, micro-batches and rewards
+        return load_config([SEARCH_CONFIG], [f"trainer.prompts_per_step={args.prompts}",
+                                             f"rollout.samples_per_prompt={args.n}", "cluster.num_cpus=4", *pins])
     return load_config([], [f"trainer.prompts_per_step={args.prompts}", f"rollout.samples_per_prompt={args.n}",
                             f"rollout.max_tokens={args.cap}", "learner.micro_batch_size=16", "cluster.num_cpus=4",
                             "rollout.kv_cache_gb=1.0", *pins])
 
 
 def prompt_source(args, problems):
-    """Requests with per-request lengths: lognormal(median, sigma 1), capped, seeded by the batch index."""
+    """Requests for the index-th batch. Synthetic: per-request lengths, lognormal(median, sigma 1), capped, seeded by
+    the batch index; search: the task's prompts as they are."""
     stream = PromptStream(problems, args.prompts, seed=0)
 
     def batch(index: int) -> list:
+        if args.task == "search":
+            return make_requests(stream.next(), "think", 0, index, first_group=index * args.prompts)
         rng = random.Random(index)
         return [dataclasses.replace(r, max_tokens=min(args.cap, max(8, int(rng.lognormvariate(
                     math.log(args.median_len), 1.0)))))
@@ -73,8 +84,9 @@ class Bench:
         self.args, self.model, self.tmp = args, model, tmp
         self.cluster = Cluster(config(args, pinned))
         self.rollouts, self.rewards = self.cluster.rollout_pool(model), self.cluster.reward_pool()
-        self.problems = load_problems("embedded:arithmetic", "train", self.cluster.cfg.data.task)
-        self.sampling = Sampling(args.n, 1.0, 1.0, args.cap, ignore_eos=True)
+        data, r = self.cluster.cfg.data, self.cluster.cfg.rollout
+        self.problems = load_problems(data.train, "train", data.task)
+        self.sampling = Sampling(args.n, r.temperature, r.top_p, r.max_tokens, ignore_eos=args.task == "synthetic")
 
     def run(self, mode: str) -> dict[str, float]:
         learners = self.cluster.learner_group(self.model, tempfile.mkdtemp(dir=self.tmp))
@@ -142,9 +154,10 @@ def b1(args, model: str, tmp: str) -> None:
     s = {k: statistics.median(r[k] for r in results["sync"]) for k in ("generate", "reward", "train", "weight_sync")}
     gen, train = s["generate"] + s["reward"], s["train"] + s["weight_sync"]
     ideal = (gen + train) / max(gen, train)
-    print(f"\nB1 — {args.prompts} prompts x {args.n} samples per step, lengths lognormal(median {args.median_len}, "
-          f"sigma 1, cap {args.cap}), {args.steps} measured steps after {args.warmup} warm-up, "
-          f"medians of {args.repeats} interleaved repetitions")
+    workload = (f"lengths lognormal(median {args.median_len}, sigma 1, cap {args.cap})" if args.task == "synthetic"
+                else f"embedded:search from {model}, real lengths and rewards")
+    print(f"\nB1 — {args.prompts} prompts x {args.n} samples per step, {workload}, {args.steps} measured steps after "
+          f"{args.warmup} warm-up, medians of {args.repeats} interleaved repetitions")
     print(f"sync stage times (pinned): generate+reward {gen:.2f} s, train+sync {train:.2f} s -> ideal speedup "
           f"{ideal:.2f}x\n")
     # Streaming trains the groups that finish first, so over a few steps its batches are shorter than sync's (the
@@ -200,10 +213,18 @@ def main() -> None:
     parser.add_argument("--cap", type=int, default=768)
     parser.add_argument("--b6", action="store_true", help="also run B6 (Ray vs one process)")
     parser.add_argument("--only-b6", action="store_true")
+    parser.add_argument("--task", choices=("synthetic", "search"), default="synthetic",
+                        help="B1's workload: synthetic lengths on a fresh model, or the long task's warm start")
+    parser.add_argument("--model", default="artifacts/search/sft", help="--task search: the SFT warm start")
     args = parser.parse_args()
+    if args.task == "search" and (args.b6 or args.only_b6):
+        parser.error("B6 runs on the synthetic workload only: drop --b6/--only-b6 or --task search")
+    if args.task == "search" and not os.path.isdir(args.model):
+        parser.error(f"--model {args.model} does not exist: run `ponder init-model {SEARCH_CONFIG} && "
+                     f"ponder sft {SEARCH_CONFIG}` first")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; command: python {' '.join(sys.argv)}", flush=True)
     with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
-        model = str(build_tiny_model(TinyModelConfig(out_dir=f"{tmp}/model")))
+        model = args.model if args.task == "search" else str(build_tiny_model(TinyModelConfig(out_dir=f"{tmp}/model")))
         if not args.only_b6:
             b1(args, model, tmp)
         if args.b6 or args.only_b6:

@@ -115,17 +115,19 @@ def test_long_chains_of_thought_flow_through_engine_and_learner(parts):
 
 
 def test_thinking_budget_forces_the_answer_and_keeps_logprobs_exact(parts):
-    """Budget forcing on the real engine: thinking stops at exactly the budget, the closing text and answer prefix
-    follow as environment tokens (masked from the loss), and the policy's tokens after them still carry the logprobs
-    the learner computes for them."""
+    """Budget forcing on the real engine, the budget stated in the prompt: thinking stops at exactly the budget, the
+    closing text and answer prefix follow as environment tokens (masked from the loss), and the policy's tokens after
+    them still carry the logprobs the learner computes for them."""
     _, rollout, reward, learner, problems = parts
     forced = "\n</think>\n\\boxed{"
     forced_ids = build_tokenizer()(forced, add_special_tokens=False)["input_ids"]
     budgeted = Sampling(n=2, temperature=1.0, top_p=1.0, max_tokens=60, min_tokens=20, thinking=Thinking(budget=20))
-    generated = rollout.generate.remote(make_requests(problems[:2], "think", 0, 7), budgeted)
+    requests = make_requests(problems[:2], "think", 0, 7, budgets=[20], budget_prompt=" (think <= {budget})")
+    generated = rollout.generate.remote(requests, budgeted)
     scored, _ = reward.score.options(num_returns=2).remote(generated)
     trajectories = ray.get(scored)
     for t in trajectories:
+        assert build_tokenizer().decode(t.prompt_ids).endswith(" (think <= 20)\n<think>\n")  # the budget, stated
         assert t.forced_answer and t.thinking_tokens == 20
         assert t.response_ids[20 : 20 + len(forced)] == forced_ids and forced in t.response_text
         assert t.sampled_mask == [1] * 20 + [0] * len(forced) + [1] * (len(t.response_ids) - 20 - len(forced))

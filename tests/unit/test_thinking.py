@@ -17,7 +17,7 @@ from ponder.data.template import THINK_CLOSE, render_completion
 from ponder.data.tiny_model import build_tokenizer
 from ponder.learner.advantages import length_shaping
 from ponder.learner.batching import pack
-from ponder.platform.config import ConfigError, TaskConfig, load_config
+from ponder.platform.config import AlgoConfig, ConfigError, TaskConfig, load_config
 from ponder.rewards.format import format_reward
 from ponder.rewards.math import math_reward
 from ponder.types import Problem, RolloutRequest, Trajectory
@@ -58,11 +58,27 @@ def test_budgets_are_drawn_per_prompt_from_the_seed():
     assert {r.thinking_budget for r in make_requests(problems, "think", 7, 3, budgets=[32])} == {None}  # fixed
 
 
+def test_a_stated_budget_is_each_prompts_own():
+    problems = [Problem(f"q{i}", "1") for i in range(16)]
+    stated = make_requests(problems, "think", 7, step=3, budgets=[16, 64], budget_prompt=" (think <= {budget})")
+    assert {r.prompt_text for r in stated} == {f"q{i} (think <= {r.thinking_budget})\n<think>\n"
+                                               for i, r in enumerate(stated)}
+    fixed = make_requests(problems[:1], "think", 7, 3, budgets=[32], budget_prompt=" (think <= {budget})")
+    assert fixed[0].prompt_text == "q0 (think <= 32)\n<think>\n"
+    assert make_requests(problems[:1], "think", 7, 3, budget_prompt=" ({budget})")[0].prompt_text == "q0\n<think>\n"
+
+
 def test_budget_config_is_checked():
     with pytest.raises(ConfigError, match="thinking_budget"):
         load_config([], ["rollout.max_tokens=100", "rollout.thinking_budget=[50,100]"])
     with pytest.raises(ConfigError, match="overlong_buffer"):
         load_config([], ["rollout.max_tokens=100", "algo.overlong_buffer=100"])
+    with pytest.raises(ConfigError, match="budget_prompt.*no other"):
+        load_config([], ["rollout.thinking_budget=[32]", "rollout.budget_prompt=' (think <= {tokens})'"])
+    with pytest.raises(ConfigError, match="budget_prompt states a thinking budget, but none is set"):
+        load_config([], ["rollout.budget_prompt=' ({budget})'"])
+    with pytest.raises(ConfigError, match="budget_penalty"):
+        load_config([], ["algo.budget_penalty=0.5"])
     cfg = load_config([], ["rollout.thinking_budget=[32]", "rollout.thinking_extend=2"])
     assert Thinking.of(cfg.rollout) == Thinking(budget=32, extend=2)
     assert Thinking.of(load_config([], []).rollout) is None
@@ -138,16 +154,18 @@ def test_environment_tokens_and_filtered_samples_leave_the_loss():
 def test_length_shaping_by_hand():
     lengths, caps = torch.tensor([10.0, 80.0, 90.0, 100.0]), torch.tensor([100.0] * 4)
     # buffer 20: no penalty up to 80 tokens, then linear to -0.5 at the cap; length penalty 0.2 x length / cap
-    shaped = length_shaping(lengths, caps, overlong_buffer=20, overlong_penalty=0.5, length_penalty=0.2)
-    assert shaped.tolist() == pytest.approx([-0.02, -0.16, -0.18 - 0.25, -0.2 - 0.5])
-    assert length_shaping(lengths, caps, 0, 1.0, 0.0).tolist() == [0.0] * 4
+    forced = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    shaped = length_shaping(lengths, caps, forced, AlgoConfig(overlong_buffer=20, overlong_penalty=0.5,
+                                                              length_penalty=0.2, budget_penalty=0.3))
+    # budget penalty 0.3 on the one sample whose answer was forced
+    assert shaped.tolist() == pytest.approx([-0.02, -0.16 - 0.3, -0.18 - 0.25, -0.2 - 0.5])
+    assert length_shaping(lengths, caps, forced, AlgoConfig()).tolist() == [0.0] * 4
     assert not any(math.isnan(x) for x in shaped.tolist())
 
 
 def test_learner_applies_length_control_before_group_advantages():
     from ponder.learner.advantages import grpo_advantages
     from ponder.learner.worker import LearnerWorker
-    from ponder.platform.config import AlgoConfig
 
     def traj(i: int, reward: float, length: int, reason: str = "stop") -> Trajectory:
         return Trajectory(0, i, Problem("q", "a"), [1], [2] * length, "", [0.0] * length, reason, 0, reward=reward,
@@ -164,4 +182,9 @@ def test_learner_applies_length_control_before_group_advantages():
     advantages, _, trained = learner._advantages(batch)
     assert all(trained)
     shaped = torch.tensor([1.0, -0.5, 0.0, 0.0])
+    assert advantages.tolist() == pytest.approx(grpo_advantages(shaped, torch.tensor([0, 0, 0, 0])).tolist())
+    batch[0].forced_answer = True  # right, but only because the answer was forced at the budget
+    learner.algo = AlgoConfig(budget_penalty=0.25)
+    advantages, _, _ = learner._advantages(batch)
+    shaped = torch.tensor([0.75, 0.0, 1.0, 0.0])
     assert advantages.tolist() == pytest.approx(grpo_advantages(shaped, torch.tensor([0, 0, 0, 0])).tolist())

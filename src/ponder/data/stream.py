@@ -11,15 +11,23 @@ from ponder.types import Problem, RolloutRequest
 
 
 def make_requests(problems: list[Problem], template: str, seed: int, step: int, first_group: int = 0,
-                  budgets: Sequence[int] = ()) -> list[RolloutRequest]:
+                  budgets: Sequence[int] = (), budget_prompt: str = "") -> list[RolloutRequest]:
     """One request per problem; group ids count up from `first_group`; seeds derive from (seed, step, prompt). With
-    several thinking `budgets`, each prompt draws one from its seed (one budget, or none, is the sampling's own)."""
+    several thinking `budgets`, each prompt draws one from its seed (one budget, or none, is the sampling's own).
+    `budget_prompt` (e.g. " (think <= {budget})") states each prompt's budget after its question.
+
+    >>> [r.prompt_text for r in make_requests([Problem("2+2", "4")], "think", 0, 1, budgets=[64],
+    ...                                         budget_prompt=" ({budget})")]
+    ['2+2 (64)\\n<think>\\n']
+    """
     requests = []
     for i, p in enumerate(problems):
         request_seed = derive_seed(seed, step, i)
         budget = budgets[request_seed % len(budgets)] if len(budgets) > 1 else None
+        stated = budget if budget is not None else (budgets[0] if budgets else None)
+        question = p.prompt + budget_prompt.format(budget=stated) if budget_prompt and stated is not None else p.prompt
         requests.append(RolloutRequest(group_id=first_group + i, problem=p, seed=request_seed, thinking_budget=budget,
-                                       prompt_text=render_prompt(p.prompt, template)))
+                                       prompt_text=render_prompt(question, template)))
     return requests
 
 

@@ -17,9 +17,12 @@ from ponder.types import Problem, Trajectory
 
 
 def rollout_and_score(rollouts: Rollouts, rewards: Rewards, problems: list[Problem], template: str, sampling: Sampling,
-                      seed: int, min_version: int = 0) -> list[Trajectory]:
-    """Generate and score `problems` once every engine serves weights of at least `min_version`."""
-    requests = make_requests(problems, template, seed, step=-1)
+                      seed: int, min_version: int = 0, budget_prompt: str = "") -> list[Trajectory]:
+    """Generate and score `problems` once every engine serves weights of at least `min_version`; with
+    `budget_prompt`, each prompt states the sampling's thinking budget (if it has one)."""
+    budget = sampling.thinking.budget if sampling.thinking else None
+    requests = make_requests(problems, template, seed, step=-1, budgets=() if budget is None else [budget],
+                             budget_prompt=budget_prompt)
     scored, _ = rewards.score(rollouts.generate(requests, sampling, min_version)[0])
     return [t for batch in ray.get(scored) for t in batch]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ponder.platform.config import AlgoConfig
+
 
 def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, norm_by_std: bool = True,
                     eps: float = 1e-6) -> torch.Tensor:
@@ -66,23 +68,28 @@ def process_advantages(step_scores: list[list[tuple[int, float]]], group_ids: li
     return out
 
 
-def length_shaping(lengths: torch.Tensor, caps: torch.Tensor, overlong_buffer: int, overlong_penalty: float,
-                   length_penalty: float) -> torch.Tensor:
+def length_shaping(lengths: torch.Tensor, caps: torch.Tensor, forced: torch.Tensor, a: AlgoConfig) -> torch.Tensor:
     """Reward terms for length control ("finish before the time-out"), added to each sample's reward. [B] -> [B].
 
-    DAPO's soft overlong punishment: 0 up to `cap - overlong_buffer` tokens, then falling linearly to
-    `-overlong_penalty` at the cap (0 buffer: off). Plus `-length_penalty * length / cap` (0: off).
-    lengths, caps: [B] response lengths and the caps they were generated under.
+    DAPO's soft overlong punishment: 0 up to `cap - algo.overlong_buffer` tokens, then falling linearly to
+    `-algo.overlong_penalty` at the cap (0 buffer: off). Plus `-algo.length_penalty * length / cap` and
+    `-algo.budget_penalty` where the thinking budget ran out (0: off).
+    lengths, caps: [B] response lengths and the caps they were generated under; forced: [B] 1 where the answer was
+    forced.
 
-    >>> length_shaping(torch.tensor([50., 90., 95., 100.]), torch.tensor([100.] * 4), 20, 1.0, 0.0)
+    >>> length_shaping(torch.tensor([50., 90., 95., 100.]), torch.tensor([100.] * 4), torch.zeros(4),
+    ...                AlgoConfig(overlong_buffer=20, overlong_penalty=1.0))
     tensor([ 0.0000, -0.5000, -0.7500, -1.0000])
-    >>> length_shaping(torch.tensor([50.]), torch.tensor([100.]), 0, 1.0, 0.1)
-    tensor([-0.0500])
+    >>> length_shaping(torch.tensor([50., 50.]), torch.tensor([100., 100.]), torch.tensor([0., 1.]),
+    ...                AlgoConfig(length_penalty=0.1, budget_penalty=0.5))
+    tensor([-0.0500, -0.5500])
     """
     shaped = torch.zeros_like(lengths)
-    if length_penalty:
-        shaped = shaped - length_penalty * lengths / caps
-    if overlong_buffer > 0:
-        over = (lengths - (caps - overlong_buffer)).clamp(min=0) / overlong_buffer
-        shaped = shaped - overlong_penalty * over.clamp(max=1.0)
+    if a.length_penalty:
+        shaped = shaped - a.length_penalty * lengths / caps
+    if a.overlong_buffer > 0:
+        over = (lengths - (caps - a.overlong_buffer)).clamp(min=0) / a.overlong_buffer
+        shaped = shaped - a.overlong_penalty * over.clamp(max=1.0)
+    if a.budget_penalty:
+        shaped = shaped - a.budget_penalty * forced
     return shaped

@@ -112,12 +112,12 @@ class LearnerWorker:
         dense = None
         if keep:
             rewards = torch.tensor([trajectories[i].reward for i in keep], dtype=torch.float32)
-            if a.overlong_buffer or a.length_penalty:
+            if a.overlong_buffer or a.length_penalty or a.budget_penalty:
                 lengths = torch.tensor([len(trajectories[i].response_ids) for i in keep], dtype=torch.float32)
                 caps = torch.tensor([trajectories[i].max_tokens or len(trajectories[i].response_ids) for i in keep],
                                     dtype=torch.float32).clamp(min=1)
-                rewards = rewards + length_shaping(lengths, caps, a.overlong_buffer, a.overlong_penalty,
-                                                   a.length_penalty)
+                forced = torch.tensor([float(trajectories[i].forced_answer) for i in keep])
+                rewards = rewards + length_shaping(lengths, caps, forced, a)
             gids = torch.tensor([trajectories[i].group_id for i in keep])
             advantages[keep] = grpo_advantages(rewards, gids, self.algo.norm_adv_by_std)
         if self.algo.process_coef and any(t.step_scores for t in trajectories):

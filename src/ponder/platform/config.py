@@ -8,6 +8,7 @@ its own sub-config, never the whole tree. Imports nothing heavy.
 from __future__ import annotations
 
 import difflib
+import string
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -109,6 +110,9 @@ class RolloutConfig:
     thinking_extend: int = 0  # times a think block the model closes itself is reopened with `thinking_cue`
     thinking_cue: str = "Wait"
     answer_prefix: str = "\\boxed{"  # forced after the closing text when the budget runs out ("```python\n" for code)
+    # Budget-conditioned RL: appended to the question of a sample with a thinking budget, with {budget} replaced by
+    # it, e.g. " (think <= {budget})"; "" = the budget is not stated. `ponder eval` states each budget it sweeps.
+    budget_prompt: str = ""
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,7 @@ class AlgoConfig:
     overlong_penalty: float = 1.0  # the punishment at the cap (it rises linearly over the buffer)
     overlong_filter: bool = False  # truncated samples leave the loss and their group's statistics (counted)
     length_penalty: float = 0.0  # reward -= length_penalty * length / cap
+    budget_penalty: float = 0.0  # reward -= budget_penalty when the thinking budget ran out (the answer was forced)
 
 
 @dataclass(frozen=True)
@@ -345,6 +350,12 @@ def validate(cfg: PonderConfig) -> None:
          f"rollout.thinking_budget {list(r.thinking_budget)}: every budget must be >= 0 and below rollout.max_tokens "
          f"({r.max_tokens}), which leaves room for the answer"),
         (r.thinking_extend >= 0, "rollout.thinking_extend must be >= 0"),
+        (_budget_prompt_ok(r.budget_prompt),
+         f"rollout.budget_prompt {r.budget_prompt!r} must contain {{budget}} and no other {{...}} field, "
+         "e.g. ' (think <= {budget})'"),
+        (not r.budget_prompt or r.thinking_budget or cfg.eval.thinking_budgets,
+         "rollout.budget_prompt states a thinking budget, but none is set: give rollout.thinking_budget (training) "
+         "or eval.thinking_budgets (ponder eval)"),
         (t.prompts_per_step % r.num_workers == 0,
          f"trainer.prompts_per_step ({t.prompts_per_step}) must be divisible by rollout.num_workers ({r.num_workers})"),
         (t.prompts_per_step % lr.num_ranks == 0,
@@ -360,6 +371,8 @@ def validate(cfg: PonderConfig) -> None:
         (a.off_policy in ("none", "tis", "decoupled"),
          f"algo.off_policy must be none, tis or decoupled, got {a.off_policy!r}"),
         (a.is_cap >= 1.0, "algo.is_cap must be >= 1 (importance weights are capped at it)"),
+        (a.budget_penalty >= 0 and (not a.budget_penalty or r.thinking_budget),
+         "algo.budget_penalty must be >= 0 and needs a budget to run out of: set rollout.thinking_budget, e.g. [256]"),
         (0 <= a.overlong_buffer < r.max_tokens,
          f"algo.overlong_buffer must be >= 0 and below rollout.max_tokens ({r.max_tokens})"),
         (p.mode in ("sync", "one_step_off", "async"),
@@ -411,6 +424,15 @@ def parse_cores(spec: str) -> set[int]:
         low, _, high = part.partition("-")
         cores.update(range(int(low), int(high or low) + 1))
     return cores
+
+
+def _budget_prompt_ok(text: str) -> bool:
+    """"" (off), or a format string whose one field is {budget}."""
+    try:
+        fields = {field for _, field, _, _ in string.Formatter().parse(text) if field is not None}
+    except ValueError:  # an unmatched brace
+        return False
+    return not text or fields == {"budget"}
 
 
 def _cores_ok(spec: Optional[str]) -> bool:

@@ -214,7 +214,8 @@ class Loop:
 
         def prompt_batch(index: int) -> list:  # the index-th batch of the run (= its step in sync mode), from 1
             return make_requests(stream.batch(index - 1), cfg.data.template, cfg.seed, index,
-                                 first_group=index * t.prompts_per_step, budgets=r.thinking_budget)
+                                 first_group=index * t.prompts_per_step, budgets=r.thinking_budget,
+                                 budget_prompt=r.budget_prompt)
 
         fanouts = {"rollout": rollouts.fanout, "reward": rewards.fanout}
 
