@@ -46,6 +46,14 @@ def test_unknown_reward_is_refused_with_suggestion(tmp_path):
     assert "unknown reward 'maths'; did you mean 'math'?" in proc.stderr
 
 
+def test_accuracy_from_must_name_a_configured_reward(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    proc = run_cli("train", f"model.path={tmp_path}/model", "reward.accuracy_from=code", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "reward.accuracy_from = 'code' names no configured reward; use one of math, format" in proc.stderr
+
+
 def test_config_show_prints_resolved_yaml(tmp_path):
     proc = run_cli("config", "show", "rollout.samples_per_prompt=3", cwd=tmp_path)
     assert proc.returncode == 0 and "samples_per_prompt: 3" in proc.stdout

@@ -38,12 +38,62 @@ def test_cross_field_rules():
         load_config([], ["rollout.temperature=0"])
     with pytest.raises(ConfigError, match=r"kl_estimator"):
         load_config([], ["algo.kl_estimator=k9"])
-    with pytest.raises(ConfigError, match=r"pipeline.mode must be sync, one_step_off or async, got 'asynch'"):
+    with pytest.raises(ConfigError, match=r"pipeline.mode = 'asynch': must be one of sync, one_step_off, async"):
         load_config([], ["pipeline.mode=asynch"])
     with pytest.raises(ConfigError, match=r"use pipeline.mode=async \(max_staleness=0"):
         load_config([], ["pipeline.dynamic_sampling=true"])
-    with pytest.raises(ConfigError, match=r"algo.off_policy must be none, tis or decoupled"):
+    with pytest.raises(ConfigError, match=r"algo.off_policy = 'vtrace': must be one of none, tis, decoupled"):
         load_config([], ["algo.off_policy=vtrace"])
+    with pytest.raises(ConfigError, match=r"samples_per_prompt = 1: advantages are relative to each prompt's group"):
+        load_config([], ["rollout.samples_per_prompt=1"])
+
+
+OUT_OF_RANGE = [
+    ("trainer.steps=0", "trainer.steps = 0: must be >= 1"),
+    ("trainer.steps=-1", "trainer.steps = -1: must be >= 1"),
+    ("trainer.prompts_per_step=0", "trainer.prompts_per_step = 0: must be >= 1"),
+    ("rollout.max_tokens=0", "rollout.max_tokens = 0: must be >= 1"),
+    ("rollout.max_tokens=-5", "rollout.max_tokens = -5: must be >= 1"),
+    ("learner.lr=0", "learner.lr = 0.0: must be > 0"),
+    ("learner.lr=-1e-4", "learner.lr = -0.0001: must be > 0"),
+    ("learner.micro_batch_size=0", "learner.micro_batch_size = 0: must be >= 1"),
+    ("trainer.eval_every=-1", "trainer.eval_every = -1: must be >= 0"),
+    ("trainer.eval_prompts=0", "trainer.eval_prompts = 0: must be >= 1"),
+    ("reward.num_workers=0", "reward.num_workers = 0: must be >= 1"),
+    ("rollout.num_workers=0", "rollout.num_workers = 0: must be >= 1"),  # would divide by zero in a cross-field rule
+    ("rollout.kv_cache_gb=0", "rollout.kv_cache_gb = 0.0: must be > 0"),
+    ("rollout.gpu_memory_utilization=1.5", "rollout.gpu_memory_utilization = 1.5: must be in (0, 1]"),
+    ("learner.zero_stage=4", "learner.zero_stage = 4: must be one of 0, 1, 2, 3"),
+    ("model.dtype=fp8", "model.dtype = 'fp8': must be one of float32, bfloat16, float16"),
+]
+
+
+@pytest.mark.parametrize("override,message", OUT_OF_RANGE, ids=[o for o, _ in OUT_OF_RANGE])
+def test_a_value_outside_its_range_fails_at_load(override, message):
+    with pytest.raises(ConfigError) as raised:
+        load_config([], [override])
+    assert message in str(raised.value)
+
+
+def test_every_range_is_in_the_config_reference():
+    from dataclasses import fields, is_dataclass
+
+    from ponder.platform.config import PonderConfig
+    from ponder.platform.config_reference import render
+
+    reference = {line.split(" | ")[0]: line for line in render() if line.startswith("| `")}
+
+    def ranged(cls, prefix=""):
+        for f in fields(cls):
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            if is_dataclass(default):
+                yield from ranged(type(default), f"{prefix}{f.name}.")
+            elif "valid" in f.metadata:
+                yield f"{prefix}{f.name}", str(f.metadata["valid"])
+    rows = list(ranged(PonderConfig))
+    assert len(rows) > 60
+    for key, valid in rows:
+        assert f"| {valid} |" in reference[f"| `{key}`"], key
     with pytest.raises(ConfigError, match=r"cpu_bind must name cores"):
         load_config([], ["learner.cpu_bind=one"])
 

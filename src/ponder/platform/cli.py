@@ -56,6 +56,10 @@ def preflight(cfg: PonderConfig, model_path: str) -> None:
             check_options(spec.name, dict(spec.options), cfg.reward.timeout_s)
         except ValueError as e:
             raise UsageError(f"reward.functions: {e}") from None
+    names = [spec.name for spec in cfg.reward.functions]
+    if cfg.reward.accuracy_from not in names:
+        raise UsageError(f"reward.accuracy_from = {cfg.reward.accuracy_from!r} names no configured reward; use one of "
+                         f"{', '.join(names)}")
     load_problems(cfg.data.train, "train", cfg.data.task)
     load_problems(cfg.data.eval, "eval", cfg.data.task)
 

@@ -30,11 +30,12 @@ def render(cls=PonderConfig, prefix: str = "") -> list[str]:
     if scalars:
         doc = inspect.getdoc(cls) or ""
         lines += [f"## `{prefix.rstrip('.') or '(top level)'}`", "", " ".join(doc.split()), "",
-                  "| key | type | default | note |", "| --- | --- | --- | --- |"]
+                  "| key | type | default | valid | note |", "| --- | --- | --- | --- | --- |"]
         notes = _comments(cls)
         for f in scalars:
             kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-            lines.append(f"| `{prefix}{f.name}` | `{kind}` | `{_default(f)!r}` | {notes.get(f.name, '')} |")
+            valid = f.metadata.get("valid", "")
+            lines.append(f"| `{prefix}{f.name}` | `{kind}` | `{_default(f)!r}` | {valid} | {notes.get(f.name, '')} |")
         lines.append("")
     for f in fields(cls):
         if is_dataclass(_default(f)):
@@ -45,7 +46,9 @@ def render(cls=PonderConfig, prefix: str = "") -> list[str]:
 def main() -> None:
     print("# Configuration reference\n")
     print("Generated from `src/ponder/platform/config.py` by `make config-reference`; do not edit by hand. YAML files"
-          " in `configs/` and `key=value` arguments override these defaults.\n")
+          " in `configs/` and `key=value` arguments override these defaults. A value outside its `valid` range fails"
+          " at load, before anything starts; cross-field rules (e.g. `rollout.max_tokens` < `rollout.max_model_len`)"
+          " are checked there too.\n")
     print("\n".join(render()))
 
 
