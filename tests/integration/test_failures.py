@@ -17,6 +17,7 @@ def test_an_actor_that_cannot_start_is_reported_with_its_cause(tmp_path):
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")  # passes the pre-flight, fails to load
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "ponder"), "train", f"model.path={broken}", "trainer.steps=1",
          f"tracking.uri=sqlite:///{tmp_path}/m.db", f"tracking.artifact_location={tmp_path}/a"],

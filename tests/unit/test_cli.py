@@ -22,6 +22,13 @@ def run_cli(*args, cwd):
                           timeout=120, cwd=cwd)
 
 
+def fake_model(path):
+    """What the pre-flight looks for in a model directory (it loads nothing)."""
+    path.mkdir()
+    (path / "config.json").write_text("{}")
+    (path / "model.safetensors").write_bytes(b"")
+
+
 def test_missing_model_says_how_to_build_one(tmp_path):
     proc = run_cli("train", f"model.path={tmp_path}/nothing", cwd=tmp_path)
     assert proc.returncode == 2
@@ -29,8 +36,7 @@ def test_missing_model_says_how_to_build_one(tmp_path):
 
 
 def test_bad_dataset_row_is_named_before_anything_starts(tmp_path):
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text("{}")
+    fake_model(tmp_path / "model")
     (tmp_path / "d.jsonl").write_text('{"prompt": "1+1", "answer": "2"}\n{"answer": "3"}\n')
     proc = run_cli("train", f"model.path={tmp_path}/model", f"data.train={tmp_path}/d.jsonl", cwd=tmp_path)
     assert proc.returncode == 2
@@ -38,8 +44,7 @@ def test_bad_dataset_row_is_named_before_anything_starts(tmp_path):
 
 
 def test_unknown_reward_is_refused_with_suggestion(tmp_path):
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text("{}")
+    fake_model(tmp_path / "model")
     (tmp_path / "r.yaml").write_text("reward:\n  functions:\n    - {name: maths, weight: 1.0}\n")
     proc = run_cli("train", str(tmp_path / "r.yaml"), f"model.path={tmp_path}/model", cwd=tmp_path)
     assert proc.returncode == 2
@@ -47,8 +52,7 @@ def test_unknown_reward_is_refused_with_suggestion(tmp_path):
 
 
 def test_accuracy_from_must_name_a_configured_reward(tmp_path):
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text("{}")
+    fake_model(tmp_path / "model")
     proc = run_cli("train", f"model.path={tmp_path}/model", "reward.accuracy_from=code", cwd=tmp_path)
     assert proc.returncode == 2
     assert "reward.accuracy_from = 'code' names no configured reward; use one of math, format" in proc.stderr

@@ -76,26 +76,15 @@ def test_a_value_outside_its_range_fails_at_load(override, message):
 
 
 def test_every_range_is_in_the_config_reference():
-    from dataclasses import fields, is_dataclass
-
     from ponder.platform.config import PonderConfig
     from ponder.platform.config_reference import render
+    from ponder.platform.validation import ranged_fields
 
     reference = {line.split(" | ")[0]: line for line in render() if line.startswith("| `")}
-
-    def ranged(cls, prefix=""):
-        for f in fields(cls):
-            default = f.default_factory() if callable(f.default_factory) else f.default
-            if is_dataclass(default):
-                yield from ranged(type(default), f"{prefix}{f.name}.")
-            elif "valid" in f.metadata:
-                yield f"{prefix}{f.name}", str(f.metadata["valid"])
-    rows = list(ranged(PonderConfig))
+    rows = list(ranged_fields(PonderConfig))
     assert len(rows) > 60
-    for key, valid in rows:
+    for key, valid, _ in rows:
         assert f"| {valid} |" in reference[f"| `{key}`"], key
-    with pytest.raises(ConfigError, match=r"cpu_bind must name cores"):
-        load_config([], ["learner.cpu_bind=one"])
 
 
 def test_pipeline_modes_resolve_to_a_staleness_bound():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ponder.platform.checkpoints import CheckpointTarget
-from ponder.platform.cli import UsageError, resolve_resume
+from ponder.platform.cli import NothingToDo, UsageError, resolve_resume
 from ponder.platform.config import load_config
 
 
@@ -59,3 +59,13 @@ def test_bad_resume_targets_say_what_to_give(cfg, tmp_path):
         resolve_resume(cfg, str(tmp_path))
     with pytest.raises(UsageError, match="no MLflow run 'f00d'"):
         resolve_resume(cfg, "f00d")
+    with pytest.raises(UsageError, match="/nope: no such checkpoint directory"):
+        resolve_resume(cfg, "/nope")  # a path, not read as a run id
+
+
+def test_resuming_a_finished_run_has_nothing_to_do_unless_given_more_steps(cfg, tmp_path):
+    save(tmp_path / "out" / "checkpoints", 60, 60, tmp_path)  # the schema's trainer.steps is 60
+    with pytest.raises(NothingToDo, match=r"run run-a is already at step 60 .* raise trainer.steps above 60"):
+        resolve_resume(cfg, "auto")
+    more = load_config([], [f"trainer.output_dir={tmp_path}/out", "trainer.steps=80"])
+    assert resolve_resume(more, "auto")[1:] == ("step_00000060", "run-a")

@@ -39,9 +39,13 @@ def load_problems(source: str, split: str, task: TaskConfig) -> list[Problem]:
     elif path.suffix == ".jsonl":
         rows = _jsonl_rows(path)
     elif path.suffix == ".parquet":
+        import pyarrow
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(path).to_pylist()
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (pyarrow.ArrowException, OSError) as e:
+            raise DatasetError(f"dataset {source!r} is not a readable Parquet file ({e})") from None
     else:
         raise DatasetError(f"dataset {source!r}: unknown format {path.suffix!r}; use .jsonl, .parquet or a directory")
     problems = [_to_problem(row, source, i) for i, row in enumerate(rows)]
@@ -71,21 +75,28 @@ def embedded_split(split: str, task: TaskConfig, source: str = EMBEDDED) -> list
 
 def _jsonl_rows(path: Path) -> Iterable[dict[str, Any]]:
     rows = []
-    with path.open() as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}: line {i + 1} is not valid JSON ({e.msg})") from None
+    with path.open(encoding="utf-8") as f:
+        try:
+            for i, line in enumerate(f):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DatasetError(f"{path}: line {i + 1} is not valid JSON ({e.msg})") from None
+        except UnicodeDecodeError:
+            raise DatasetError(f"{path}: not UTF-8 text (line {len(rows) + 1}); JSONL files are UTF-8") from None
     return rows
 
 
 def _hf_rows(path: Path) -> Iterable[dict[str, Any]]:
     import datasets
 
-    loaded = datasets.load_from_disk(str(path))
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise DatasetError(f"dataset directory {str(path)!r} is not a saved Hugging Face dataset "
+                           f"(`Dataset.save_to_disk`): {str(e).splitlines()[0]}") from None
     if isinstance(loaded, datasets.DatasetDict):
         raise DatasetError(f"{path} holds splits {list(loaded)}; point at one split's directory, e.g. {path}/train")
     return loaded.to_list()

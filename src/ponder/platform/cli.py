@@ -7,10 +7,13 @@ in order over the schema defaults. Everything is validated before Ray or any eng
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import traceback
 from pathlib import Path
 
 from ponder.platform.config import ConfigError, PonderConfig, load_config, to_yaml
+from ponder.platform.probes import Unreachable, check_dashboard, check_store, check_tracking
 
 EXAMPLES = {
     "train": "ponder train configs/default.yaml trainer.steps=20 rollout.samples_per_prompt=8\n"
@@ -27,6 +30,10 @@ EXAMPLES = {
 
 class UsageError(Exception):
     """Bad input the user must fix; printed without a traceback."""
+
+
+class NothingToDo(Exception):
+    """The command has nothing left to do (e.g. resuming a finished run): said, and exit 0."""
 
 
 def split_args(items: list[str]) -> tuple[list[str], list[str]]:
@@ -48,9 +55,8 @@ def preflight(cfg: PonderConfig, model_path: str) -> None:
     from ponder.data.datasets import load_problems
     from ponder.rewards.registry import check_options
 
-    if not (Path(model_path) / "config.json").is_file() and not model_path.startswith(("s3://", "hf://")):
-        raise UsageError(f"model {model_path!r} not found (no config.json); build the embedded one with "
-                         "`ponder init-model` and `ponder sft`, or set model.path to a Hugging Face model directory")
+    if not model_path.startswith(("s3://", "hf://")):
+        check_model_dir(model_path, cfg.rollout.max_model_len)
     for spec in cfg.reward.functions:
         try:
             check_options(spec.name, dict(spec.options), cfg.reward.timeout_s)
@@ -60,8 +66,33 @@ def preflight(cfg: PonderConfig, model_path: str) -> None:
     if cfg.reward.accuracy_from not in names:
         raise UsageError(f"reward.accuracy_from = {cfg.reward.accuracy_from!r} names no configured reward; use one of "
                          f"{', '.join(names)}")
-    load_problems(cfg.data.train, "train", cfg.data.task)
-    load_problems(cfg.data.eval, "eval", cfg.data.task)
+    for source, split in ((cfg.data.train, "train"), (cfg.data.eval, "eval")):
+        for name in sorted({p.reward for p in load_problems(source, split, cfg.data.task) if p.reward}):
+            try:
+                check_options(name, {}, cfg.reward.timeout_s)
+            except ValueError as e:
+                raise UsageError(f"dataset {source}: a row's reward: {e}") from None
+
+
+def check_model_dir(path: str, max_model_len: int) -> None:
+    """A Hugging Face model directory: a readable config.json, weights, and room for rollout.max_model_len."""
+    hint = ("build the embedded one with `ponder init-model` and `ponder sft`, or set model.path to a Hugging Face "
+            "model directory")
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        raise UsageError(f"model {path!r} not found (no config.json); {hint}")
+    try:
+        meta = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"model {path!r}: config.json is not valid JSON ({e}); re-export the model") from None
+    if not isinstance(meta, dict):
+        raise UsageError(f"model {path!r}: config.json is not a JSON object; re-export the model")
+    if not any(next(Path(path).glob(p), None) for p in ("*.safetensors", "pytorch_model*.bin")):
+        raise UsageError(f"model {path!r} has no weights (*.safetensors or pytorch_model*.bin); {hint}")
+    positions = meta.get("max_position_embeddings")
+    if isinstance(positions, int) and max_model_len > positions:
+        raise UsageError(f"rollout.max_model_len = {max_model_len} is above the model's max_position_embeddings "
+                         f"({positions} in {config}); set rollout.max_model_len <= {positions}")
 
 
 def resolve_resume(cfg: PonderConfig, spec: str | None):
@@ -91,6 +122,9 @@ def resolve_resume(cfg: PonderConfig, spec: str | None):
                 return target, None, None
         else:
             uri = spec
+            if "/" in spec and not (spec.startswith("s3://") or Path(spec).exists()):
+                raise UsageError(f"--resume {spec}: no such checkpoint directory; give an existing checkpoint path, "
+                                 "an s3:// URI, an MLflow run id, or auto")
             if not (spec.startswith("s3://") or Path(spec).exists()):
                 from ponder.platform.tracking import checkpoint_of_run
 
@@ -101,6 +135,10 @@ def resolve_resume(cfg: PonderConfig, spec: str | None):
                 print(f"note: going on from {name}: removed the later checkpoint {target.uri(newer)}")
     except (CheckpointError, LookupError) as e:
         raise UsageError(f"--resume {spec}: {e}") from None
+    if meta["step"] >= cfg.trainer.steps:  # nothing would be trained (or registered)
+        raise NothingToDo(f"run {meta['run_id']} is already at step {meta['step']} ({target.uri(name)}) and "
+                          f"trainer.steps is {cfg.trainer.steps}: nothing to train. To train it further, raise "
+                          f"trainer.steps above {meta['step']} and resume again")
     print(f"resuming run {meta['run_id']} from {target.uri(name)} (step {meta['step']})")
     return target, name, meta["run_id"]
 
@@ -108,6 +146,10 @@ def resolve_resume(cfg: PonderConfig, spec: str | None):
 def cmd_train(args) -> None:
     cfg = _config(args)
     preflight(cfg, cfg.model.path)
+    check_tracking(cfg.tracking.uri)
+    check_store(cfg.checkpoint.dir or "", cfg.checkpoint.endpoint_url)
+    if args.resume and args.resume.startswith("s3://"):
+        check_store(args.resume, cfg.checkpoint.endpoint_url)
     target, start, run_id = resolve_resume(cfg, args.resume)
     from ponder.platform.driver import train
 
@@ -145,6 +187,7 @@ def cmd_eval(args) -> None:
     if (args.model_dir is None) == (args.run is None):
         raise UsageError("give a model directory or --run RUN_ID (one of them)")
     cfg = _config(args)
+    check_tracking(cfg.tracking.uri)
     model_dir = args.model_dir
     if args.run:
         import tempfile
@@ -220,6 +263,7 @@ def cmd_init_model(args) -> None:
 
 def cmd_submit(args) -> None:
     cfg = _config(args)  # validate locally first: a typo should not cost a cluster round trip
+    check_dashboard(args.address)
     from ponder.platform.jobs import submit
 
     submit(args.address, args.items, working_dir=args.working_dir, follow=args.follow,
@@ -280,9 +324,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.fn(args)
-    except (ConfigError, DatasetError, UsageError) as e:
+    except (ConfigError, DatasetError, UsageError, Unreachable) as e:
         print(f"ponder {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except NothingToDo as e:
+        print(f"ponder {args.command}: {e}")
+        return 0
     except KeyboardInterrupt:
         print(f"\nponder {args.command}: interrupted; actors stopped", file=sys.stderr)
         return 130
@@ -296,7 +343,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ponder {args.command}: error: {e}", file=sys.stderr)
             return 1
         if not (isinstance(e, ActorFailed) or type(e).__module__.startswith("ray.")):
-            raise
+            traceback.print_exc()
+            print(f"ponder {args.command}: internal error ({type(e).__name__}): this is a bug in Ponder, not in your "
+                  "input; please report it with the traceback above", file=sys.stderr)
+            return 1
         # an actor died or raised: Ray's message carries the actor's own traceback, which is the cause to show
         print(f"ponder {args.command}: error: a Ray actor failed; all actors were stopped. Cause:\n{e}",
               file=sys.stderr)

@@ -1,70 +1,23 @@
 """The typed configuration schema: the only place defaults live.
 
-YAML files override the schema, `key=value` CLI overrides go on top, and the result is validated (unknown keys with a
-"did you mean", wrong types naming the key, cross-field rules) before Ray or any engine starts. Each component receives
-its own sub-config, never the whole tree. Imports nothing heavy.
+YAML files override the schema, `key=value` CLI overrides go on top, and the result is validated before Ray or any
+engine starts: YAML errors with their file and line, unknown keys with a "did you mean", wrong types and shapes naming
+the key, then each field's range and the cross-field rules (platform/validation.py). Each component receives its own
+sub-config, never the whole tree. Imports nothing heavy.
 """
 
 from __future__ import annotations
 
 import difflib
-import string
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A configuration the user must fix; the message says what and how."""
-
-
-@dataclass(frozen=True)
-class Valid:
-    """The values a setting admits: a range (each end closed or open; None: unbounded) or a set of choices. Kept in
-    the field's metadata by `at_least`, `above`, `between` and `one_of`; checked at load, listed in docs/config.md."""
-
-    lo: Optional[float] = None
-    hi: Optional[float] = None
-    lo_open: bool = False
-    choices: tuple = ()
-
-    def admits(self, value: Any) -> bool:
-        if value is None:  # Optional settings: None has its own meaning
-            return True
-        if self.choices:
-            return value in self.choices
-        return ((self.lo is None or value > self.lo or (value == self.lo and not self.lo_open))
-                and (self.hi is None or value <= self.hi))
-
-    def __str__(self) -> str:
-        """
-        >>> [str(v) for v in (Valid(1), Valid(0, lo_open=True), Valid(0, 1, lo_open=True), Valid(choices=("a", "b")))]
-        ['>= 1', '> 0', 'in (0, 1]', 'one of a, b']
-        """
-        if self.choices:
-            return "one of " + ", ".join(map(str, self.choices))
-        if self.hi is None:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
-
-
-def at_least(lo: float, default: Any) -> Any:
-    return field(default=default, metadata={"valid": Valid(lo)})
-
-
-def above(lo: float, default: Any) -> Any:
-    return field(default=default, metadata={"valid": Valid(lo, lo_open=True)})
-
-
-def between(lo: float, hi: float, default: Any, lo_open: bool = False) -> Any:
-    return field(default=default, metadata={"valid": Valid(lo, hi, lo_open)})
-
-
-def one_of(*choices: Any, default: Any) -> Any:
-    return field(default=default, metadata={"valid": Valid(choices=choices)})
+from ponder.platform.validation import ConfigError, above, at_least, between, one_of, validate
 
 
 @dataclass(frozen=True)
@@ -328,42 +281,113 @@ class PonderConfig:
 
 
 def load_config(files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> PonderConfig:
-    """Schema defaults <- each YAML file in order <- `key=value` overrides; then validated."""
+    """Schema defaults <- each YAML file in order <- `key=value` overrides; then validated. Anything wrong is a
+    ConfigError naming the file (and line) or the key."""
     merged = OmegaConf.structured(PonderConfig)
     for path in files:
-        if not Path(path).is_file():
-            raise ConfigError(f"config file {path!r} does not exist; pass a YAML file such as configs/default.yaml")
-        merged = _merge(merged, OmegaConf.load(path), source=path)
+        merged = _merge(merged, _load_yaml(path), source=path)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. trainer.steps=10)")
     if overrides:
-        merged = _merge(merged, OmegaConf.from_dotlist(list(overrides)), source="command line")
-    cfg = OmegaConf.to_object(merged)
+        try:
+            update = OmegaConf.from_dotlist(list(overrides))
+        except (OmegaConfBaseException, yaml.YAMLError) as e:
+            raise ConfigError(f"command line: cannot parse the overrides: {str(e).splitlines()[0]}") from None
+        merged = _merge(merged, update, source="command line")
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad value for '{getattr(e, 'full_key', None) or '?'}': {str(e).splitlines()[0]}") from None
     validate(cfg)
     return cfg
 
 
+def _load_yaml(path: str) -> DictConfig:
+    if Path(path).is_dir():
+        raise ConfigError(f"config file {path!r} is a directory; pass a YAML file such as configs/default.yaml")
+    if not Path(path).is_file():
+        raise ConfigError(f"config file {path!r} does not exist; pass a YAML file such as configs/default.yaml")
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as e:  # syntax, tab indentation, duplicate keys: the parser's mark says where
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark else path
+        raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    except (OmegaConfBaseException, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read as a YAML config: {str(e).splitlines()[0]}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections such as `trainer:`, not a list")
+    return loaded
+
+
 def _merge(base: DictConfig, update: DictConfig, source: str) -> DictConfig:
+    mismatch = _shape_mismatch(OmegaConf.to_container(base), OmegaConf.to_container(update))
+    if mismatch:
+        raise ConfigError(f"{source}: {mismatch}")
     try:
         return OmegaConf.merge(base, update)
     except ConfigKeyError as e:
         raise ConfigError(f"{source}: {_unknown_key_message(e)}") from None
-    except OmegaConfBaseException as e:
+    except (OmegaConfBaseException, TypeError, ValueError) as e:
         key = getattr(e, "full_key", None) or "?"
         raise ConfigError(f"{source}: bad value for '{key}': {str(e).splitlines()[0]}") from None
 
 
+def _kind(value: Any) -> str:
+    return "mapping" if isinstance(value, dict) else "list" if isinstance(value, list) else "single value"
+
+
+def _shape_mismatch(schema: Any, update: Any, prefix: str = "") -> Optional[str]:
+    """The first key where `update` has a mapping, a list or a single value where the schema has another kind.
+
+    >>> _shape_mismatch({"rollout": {"resources": {}}}, {"rollout": {"resources": [1, 2]}})
+    "'rollout.resources' must be a mapping, not a list: [1, 2]"
+    """
+    for key, value in update.items():
+        if key not in schema or value is None or schema[key] is None:  # unknown keys: the merge names them
+            continue
+        want, got = _kind(schema[key]), _kind(value)
+        if want != got:
+            example = f" (set its keys, e.g. {prefix}{key}.{next(iter(schema[key]))}=...)" if schema[key] and \
+                want == "mapping" else ""
+            return f"'{prefix}{key}' must be a {want}, not a {got}: {value!r}{example}"
+        if want == "mapping":
+            found = _shape_mismatch(schema[key], value, f"{prefix}{key}.")
+            if found:
+                return found
+        elif want == "list" and schema[key] and isinstance(schema[key][0], dict):  # a list of sections
+            for i, item in enumerate(value):
+                if not isinstance(item, dict):
+                    return f"'{prefix}{key}[{i}]' must be a mapping such as {schema[key][0]}, not {item!r}"
+    return None
+
+
+def _sections(cls: Any = PonderConfig, prefix: str = "") -> dict[type, str]:
+    """Each section type's place in the schema: {RolloutConfig: 'rollout', RewardSpec: 'reward.functions[]', ...}."""
+    out: dict[type, str] = {}
+    for f in fields(cls):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+        if isinstance(default, list) and default and is_dataclass(default[0]):
+            out[type(default[0])] = f"{prefix}{f.name}[]"
+        elif is_dataclass(default):
+            out[type(default)] = f"{prefix}{f.name}"
+            out.update(_sections(type(default), f"{prefix}{f.name}."))
+    return out
+
+
 def _unknown_key_message(e: ConfigKeyError) -> str:
-    full_key = str(getattr(e, "full_key", "") or "")
-    parent, _, leaf = full_key.rpartition(".")
-    node: Any = PonderConfig
-    for part in filter(None, parent.split(".")):
-        node = {f.name: f for f in fields(node)}[part].default_factory  # type: ignore[union-attr]
-    valid = [f.name for f in fields(node)]
+    cls = e.object_type if is_dataclass(e.object_type) else PonderConfig
+    valid = [f.name for f in fields(cls)]
+    leaf = str(e.key)
     close = difflib.get_close_matches(leaf, valid, n=1)
-    hint = f"did you mean '{(parent + '.' if parent else '') + close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
-    return f"unknown config key '{full_key}'; {hint}"
+    section = _sections().get(cls, "")
+    if section.endswith("[]"):  # an entry of a list of sections (reward.functions)
+        hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+        return f"unknown key '{leaf}' in a {section[:-2]} entry; {hint}"
+    parent = f"{section}." if section else ""
+    hint = f"did you mean '{parent}{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+    return f"unknown config key '{parent}{leaf}'; {hint}"
 
 
 def to_yaml(cfg: PonderConfig) -> str:
@@ -383,101 +407,3 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def out_of_range(cfg: Any, prefix: str = "") -> list[str]:
-    """Every setting whose value its field's `Valid` does not admit, as 'key = value: must be ...'."""
-    problems = []
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if is_dataclass(value):
-            problems += out_of_range(value, f"{prefix}{f.name}.")
-        elif "valid" in f.metadata and not f.metadata["valid"].admits(value):
-            problems.append(f"{prefix}{f.name} = {value!r}: must be {f.metadata['valid']}")
-    return problems
-
-
-def validate(cfg: PonderConfig) -> None:
-    """Each setting's own range first, then the cross-field rules (which may rely on the ranges), each with the fix in
-    its message."""
-    ranges = out_of_range(cfg)
-    if ranges:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(ranges))
-    r, lr, t, a, p = cfg.rollout, cfg.learner, cfg.trainer, cfg.algo, cfg.pipeline
-    checks = [
-        (r.samples_per_prompt == 1 or r.temperature > 0, "rollout.samples_per_prompt > 1 needs rollout.temperature > 0 (greedy samples would be identical)"),
-        (r.samples_per_prompt >= 2,
-         "rollout.samples_per_prompt = 1: advantages are relative to each prompt's group, so with one sample every "
-         "advantage is 0 and nothing is learned; use >= 2 (8 is usual)"),
-        (r.max_tokens < r.max_model_len, "rollout.max_tokens must be smaller than rollout.max_model_len"),
-        (all(0 <= b < r.max_tokens for b in r.thinking_budget),
-         f"rollout.thinking_budget {list(r.thinking_budget)}: every budget must be >= 0 and below rollout.max_tokens "
-         f"({r.max_tokens}), which leaves room for the answer"),
-        (_budget_prompt_ok(r.budget_prompt),
-         f"rollout.budget_prompt {r.budget_prompt!r} must contain {{budget}} and no other {{...}} field, "
-         "e.g. ' (think <= {budget})'"),
-        (not r.budget_prompt or r.thinking_budget or cfg.eval.thinking_budgets,
-         "rollout.budget_prompt states a thinking budget, but none is set: give rollout.thinking_budget (training) "
-         "or eval.thinking_budgets (ponder eval)"),
-        (t.prompts_per_step % r.num_workers == 0,
-         f"trainer.prompts_per_step ({t.prompts_per_step}) must be divisible by rollout.num_workers ({r.num_workers})"),
-        (t.prompts_per_step % lr.num_ranks == 0,
-         f"trainer.prompts_per_step ({t.prompts_per_step}) must be divisible by learner.num_ranks ({lr.num_ranks}) "
-         "so that every rank trains on whole groups"),
-        ((t.prompts_per_step // lr.num_ranks) % lr.num_minibatches == 0,
-         "prompts per rank must be divisible by learner.num_minibatches (whole groups per mini-batch)"),
-        (all(_cores_ok(c) for c in (r.cpu_bind, lr.cpu_bind)),
-         "rollout.cpu_bind / learner.cpu_bind must name cores like '0', '0-1' or '0,2'"),
-        (not a.budget_penalty or r.thinking_budget,
-         "algo.budget_penalty needs a budget to run out of: set rollout.thinking_budget, e.g. [256]"),
-        (a.overlong_buffer < r.max_tokens, f"algo.overlong_buffer must be below rollout.max_tokens ({r.max_tokens})"),
-        (not p.dynamic_sampling or p.mode != "sync",
-         "pipeline.dynamic_sampling refills the batch from a stream: use pipeline.mode=async (max_staleness=0 keeps "
-         "the synchronous schedule) or one_step_off"),
-        (len(cfg.reward.functions) > 0, "reward.functions is empty: add at least one, e.g. {name: math, weight: 1.0}"),
-        (all([f.name for f in cfg.reward.functions].count(k) <= 1 for k in ("reward_model", "judge")),
-         "reward.functions: at most one reward_model and one judge (each is one critic actor)"),
-        (all(float(f.options.get("timeout_s", 0)) < cfg.reward.timeout_s for f in cfg.reward.functions),
-         f"a reward's own options.timeout_s must be below reward.timeout_s ({cfg.reward.timeout_s}), the hard limit "
-         "that kills it; raise reward.timeout_s"),
-        (all(0 <= b < r.max_tokens for b in cfg.eval.thinking_budgets),
-         f"eval.thinking_budgets {list(cfg.eval.thinking_budgets)}: every budget must be >= 0 and below "
-         f"rollout.max_tokens ({r.max_tokens})"),
-        (cfg.checkpoint.dir is None or "://" not in cfg.checkpoint.dir or cfg.checkpoint.dir.startswith("s3://"),
-         f"checkpoint.dir must be a local path or s3://bucket/prefix, got {cfg.checkpoint.dir!r}"),
-        (not cfg.ft.auto_resume or cfg.checkpoint.every > 0,
-         "ft.auto_resume restarts from the last checkpoint: set checkpoint.every > 0"),
-        (r.weight_sync != "nccl" or (r.num_gpus > 0 and lr.num_gpus > 0 and lr.zero_stage < 3),
-         "rollout.weight_sync=nccl needs GPUs on both sides (rollout.num_gpus, learner.num_gpus > 0) and "
-         "learner.zero_stage < 3; use weight_sync=shm otherwise"),
-    ]
-    problems = [msg for ok, msg in checks if not ok]
-    if problems:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
-
-
-def parse_cores(spec: str) -> set[int]:
-    """'0-2,5' -> {0, 1, 2, 5}.
-
-    >>> sorted(parse_cores("0-2,5"))
-    [0, 1, 2, 5]
-    """
-    cores: set[int] = set()
-    for part in spec.split(","):
-        low, _, high = part.partition("-")
-        cores.update(range(int(low), int(high or low) + 1))
-    return cores
-
-
-def _budget_prompt_ok(text: str) -> bool:
-    """"" (off), or a format string whose one field is {budget}."""
-    try:
-        fields = {field for _, field, _, _ in string.Formatter().parse(text) if field is not None}
-    except ValueError:  # an unmatched brace
-        return False
-    return not text or fields == {"budget"}
-
-
-def _cores_ok(spec: Optional[str]) -> bool:
-    try:
-        return spec is None or bool(parse_cores(spec))
-    except ValueError:
-        return False
