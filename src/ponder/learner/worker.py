@@ -24,8 +24,7 @@ from ponder.learner.batching import Packed, chunks, pack, shard_groups
 from ponder.learner.losses import (behaviour_correction, clipped_surrogate, entropy, kl_penalty, masked_sum,
                                   token_logprobs)
 from ponder.platform.checkpoints import CheckpointTarget
-from ponder.platform.config import AlgoConfig, LearnerConfig
-from ponder.platform.validation import parse_cores
+from ponder.platform.config import AlgoConfig, LearnerConfig, parse_cores
 from ponder.seeding import rng_state, set_rng_state
 from ponder.transport.weights import ShmWeightSender
 from ponder.types import Trajectory, WeightsVersion

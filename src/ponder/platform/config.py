@@ -9,7 +9,7 @@ sub-config, never the whole tree. Imports nothing heavy.
 from __future__ import annotations
 
 import difflib
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,7 +17,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from ponder.platform.validation import ConfigError, above, at_least, between, one_of, validate
+from ponder.platform.validation import ConfigError, above, at_least, between, field_default, one_of, validate
+from ponder.platform.validation import parse_cores  # noqa: F401  (components take it from the schema's module)
 
 
 @dataclass(frozen=True)
@@ -367,7 +368,7 @@ def _sections(cls: Any = PonderConfig, prefix: str = "") -> dict[type, str]:
     """Each section type's place in the schema: {RolloutConfig: 'rollout', RewardSpec: 'reward.functions[]', ...}."""
     out: dict[type, str] = {}
     for f in fields(cls):
-        default = f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+        default = field_default(f)
         if isinstance(default, list) and default and is_dataclass(default[0]):
             out[type(default[0])] = f"{prefix}{f.name}[]"
         elif is_dataclass(default):

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import MISSING, fields, is_dataclass
+from dataclasses import fields, is_dataclass
 
 from ponder.platform.config import PonderConfig
-
-
-def _default(f):
-    if f.default is not MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not MISSING else None  # type: ignore[misc]
+from ponder.platform.validation import field_default
 
 
 def _comments(cls) -> dict[str, str]:
@@ -26,7 +21,7 @@ def _comments(cls) -> dict[str, str]:
 
 def render(cls=PonderConfig, prefix: str = "") -> list[str]:
     lines: list[str] = []
-    scalars = [f for f in fields(cls) if not is_dataclass(_default(f))]
+    scalars = [f for f in fields(cls) if not is_dataclass(field_default(f))]
     if scalars:
         doc = inspect.getdoc(cls) or ""
         lines += [f"## `{prefix.rstrip('.') or '(top level)'}`", "", " ".join(doc.split()), "",
@@ -35,11 +30,12 @@ def render(cls=PonderConfig, prefix: str = "") -> list[str]:
         for f in scalars:
             kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
             valid = f.metadata.get("valid", "")
-            lines.append(f"| `{prefix}{f.name}` | `{kind}` | `{_default(f)!r}` | {valid} | {notes.get(f.name, '')} |")
+            default = field_default(f)
+            lines.append(f"| `{prefix}{f.name}` | `{kind}` | `{default!r}` | {valid} | {notes.get(f.name, '')} |")
         lines.append("")
     for f in fields(cls):
-        if is_dataclass(_default(f)):
-            lines += render(type(_default(f)), f"{prefix}{f.name}.")
+        if is_dataclass(field_default(f)):
+            lines += render(type(field_default(f)), f"{prefix}{f.name}.")
     return lines
 
 

@@ -25,7 +25,8 @@ def _answers(url: str, setting: str, fix: str, timeout_s: float) -> None:
         return
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
-        raise Unreachable(f"{setting}: no answer from {url} ({reason}; waited at most {timeout_s:g} s); {fix}") from None
+        raise Unreachable(f"{setting}: no answer from {url} ({reason}; waited at most {timeout_s:g} s); "
+                          f"{fix}") from None
 
 
 def check_tracking(uri: str, timeout_s: float = TIMEOUT_S) -> None:
@@ -44,25 +45,22 @@ def check_dashboard(address: str, timeout_s: float = TIMEOUT_S) -> None:
 
 
 def check_store(url: str, endpoint_url: Optional[str] = None, timeout_s: float = TIMEOUT_S) -> None:
-    """An s3:// checkpoint location takes a small object and gives it back up (credentials, endpoint, bucket, rights);
-    local paths need no check."""
+    """An s3:// checkpoint location takes a small object and lets it be deleted (credentials, endpoint, bucket,
+    rights); local paths need no check."""
     if not url.startswith("s3://"):
         return
-    import os
-
-    import boto3
-    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    bucket, _, prefix = url[len("s3://"):].partition("/")
-    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-    client = boto3.client("s3", endpoint_url=endpoint, config=Config(
-        connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 1, "mode": "standard"}))
-    key = f"{prefix.rstrip('/')}/{PROBE_KEY}" if prefix else PROBE_KEY
-    where = f"checkpoint.dir={url}" + (f" (endpoint {endpoint})" if endpoint else "")
+    from ponder.platform.storage import open_storage
+
     try:
-        client.put_object(Bucket=bucket, Key=key, Body=b"")
-        client.delete_object(Bucket=bucket, Key=key)
+        store = open_storage(url, endpoint_url, timeout_s=timeout_s)
+    except ValueError as e:  # no bucket
+        raise Unreachable(f"checkpoint.dir={url}: {e}") from None
+    where = f"checkpoint.dir={url}" + (f" (endpoint {store.endpoint_url})" if store.endpoint_url else "")
+    try:
+        store.put_text(PROBE_KEY, "")
+        store.delete_prefix(PROBE_KEY)
     except NoCredentialsError:
         raise Unreachable(f"{where}: no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                           "(or AWS_PROFILE)") from None

@@ -31,13 +31,14 @@ class Storage(Protocol):
     def delete_prefix(self, prefix: str) -> None: ...
 
 
-def open_storage(url: str, endpoint_url: Optional[str] = None) -> Storage:
-    """`s3://bucket/prefix` or a local directory (created if missing)."""
+def open_storage(url: str, endpoint_url: Optional[str] = None, timeout_s: Optional[float] = None) -> Storage:
+    """`s3://bucket/prefix` or a local directory (created if missing). `timeout_s`: S3 calls give up after it, once,
+    instead of retrying with backoff (checks that must not hang)."""
     if url.startswith("s3://"):
         bucket, _, prefix = url[len("s3://"):].partition("/")
         if not bucket:
             raise ValueError(f"storage URL {url!r} has no bucket; use s3://bucket/prefix")
-        return S3Storage(bucket, prefix.strip("/"), endpoint_url)
+        return S3Storage(bucket, prefix.strip("/"), endpoint_url, timeout_s)
     if "://" in url:
         raise ValueError(f"storage URL {url!r}: use a local path or s3://bucket/prefix")
     return LocalStorage(Path(url))
@@ -82,15 +83,18 @@ class LocalStorage:
 
 
 class S3Storage:
-    def __init__(self, bucket: str, prefix: str, endpoint_url: Optional[str] = None):
+    def __init__(self, bucket: str, prefix: str, endpoint_url: Optional[str] = None, timeout_s: Optional[float] = None):
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
         self.bucket, self.prefix = bucket, prefix
         self.url = f"s3://{bucket}/{prefix}".rstrip("/")
-        self.client = boto3.client("s3", endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
-                                   config=Config(retries={"max_attempts": 8, "mode": "standard"}))
+        self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        patience = ({"retries": {"max_attempts": 8, "mode": "standard"}} if timeout_s is None else
+                    {"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": timeout_s,
+                     "read_timeout": timeout_s})
+        self.client = boto3.client("s3", endpoint_url=self.endpoint_url, config=Config(**patience))
         self.transfer = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK)
 
     def _key(self, key: str) -> str:

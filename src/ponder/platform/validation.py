@@ -5,7 +5,7 @@ starts. Every message names the key and says the fix."""
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Iterator, Optional
 
 
@@ -73,10 +73,15 @@ def out_of_range(cfg: Any, prefix: str = "") -> list[str]:
     return problems
 
 
+def field_default(f: Any) -> Any:
+    """A dataclass field's default, from its factory where it has one."""
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
 def ranged_fields(cls: Any, prefix: str = "") -> Iterator[tuple[str, Valid, Any]]:
     """(key, its Valid, its default) for every field of the schema class `cls`, sections included, that has a range."""
     for f in fields(cls):
-        default = f.default_factory() if callable(f.default_factory) else f.default
+        default = field_default(f)
         if is_dataclass(default):
             yield from ranged_fields(type(default), f"{prefix}{f.name}.")
         elif "valid" in f.metadata:
