@@ -9,6 +9,7 @@ from ponder.rewards.format import format_reward
 from ponder.rewards.math import math_reward
 from ponder.rewards.pool import HardTimeoutPool, Result, Task
 from ponder.rewards.registry import resolve
+from ponder.rewards.steps import steps_reward
 from ponder.types import Problem
 
 GOLD = Problem("347+85", "432")
@@ -19,6 +20,24 @@ def test_math_reward_checks_the_last_boxed_answer():
     assert math_reward("\\boxed{432} wait \\boxed{431}", GOLD) == 0.0
     assert math_reward("432", GOLD) == 0.0
     assert math_reward("\\boxed{\\frac{864}{2}}", GOLD) == 1.0
+
+
+def test_steps_reward_is_earned_only_by_following_the_solution():
+    """Partial credit for the policy to chase: each way of raising it without doing the search fails."""
+    from ponder.data.tasks import search_problem
+
+    problem = search_problem(137, 13)  # three lines: 137 … no / 138 … no / 139 … yes
+    lines = problem.solution.splitlines()
+    right = "\n".join(lines) + "\n</think>\n\\boxed{139}"
+    assert steps_reward(right, problem) == 1.0
+    assert steps_reward("  \n".join(lines) + "\n\n</think>", problem) == 1.0  # layout does not matter
+    first = steps_reward(lines[0] + "\n138 13-1=12-3=9-8=2 no", problem)
+    assert 1 / 3 < first < 2 / 3  # the first line and the start of the slipped second
+    assert steps_reward("\n".join([lines[0]] * 10), problem) < 2 / 3  # repeating a right line adds nothing
+    assert steps_reward("139 13-1=12-3=9-9=0 yes\n" + "\n".join(lines), problem) < 0.1  # a wrong start: ~nothing
+    assert steps_reward("guess\n</think>\n" + "\n".join(lines), problem) == 0.0  # after </think>: not thinking
+    assert steps_reward(right, Problem(problem.prompt, problem.answer)) == 0.0  # no worked solution, no credit
+    assert resolve("steps") is steps_reward
 
 
 def test_last_boxed_balances_braces():

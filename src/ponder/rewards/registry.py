@@ -20,11 +20,13 @@ from ponder.rewards.base import RewardFn
 from ponder.rewards.code import code_reward
 from ponder.rewards.format import format_reward
 from ponder.rewards.math import math_reward
+from ponder.rewards.steps import steps_reward
 
 REGISTRY: dict[str, RewardFn] = {
     "math": math_reward,
     "format": format_reward,
     "code": code_reward,
+    "steps": steps_reward,
 }
 
 
