@@ -59,6 +59,7 @@ bench-engine: setup
 
 bench-weights: setup
 	$(BIN)/python benchmarks/weight_push.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/weight_push_network.py $(BENCH_ARGS)
 
 # B4: math verification, reward actor vs serial; B5: sandboxed code execution vs bare subprocess, warm vs cold.
 bench-rewards: setup

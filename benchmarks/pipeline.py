@@ -89,7 +89,8 @@ class Bench:
         self.sampling = Sampling(args.n, r.temperature, r.top_p, r.max_tokens, ignore_eos=args.task == "synthetic")
 
     def run(self, mode: str) -> dict[str, float]:
-        learners = self.cluster.learner_group(self.model, tempfile.mkdtemp(dir=self.tmp))
+        learners = self.cluster.learner_group(self.model)
+        self.cluster.connect_weight_sync(learners, self.rollouts, tempfile.mkdtemp(dir=self.tmp))
         handle = ray.get([rank.publish_weights.remote(0) for rank in learners])[0]
         ray.get([w.load_weights.remote(handle) for w in self.rollouts])
         prompts, schedule, ledger, pipeline = prompt_source(self.args, self.problems), MODES[mode], Ledger(), None
@@ -112,8 +113,7 @@ class Bench:
         if pipeline is not None:
             pipeline.close()
             self._drain()
-        for rank in learners:
-            ray.kill(rank, no_restart=True)
+        self.cluster.retire(learners)
         measured = history[self.args.warmup:]
         wall = sum(m["wall"] for m in measured)
         out = {"samples_per_s": len(measured) * self.args.prompts * self.args.n / wall, "step_s": wall / len(measured),

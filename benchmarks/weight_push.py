@@ -1,7 +1,7 @@
 """B3: what pushing new weights into the rollout engine costs, as a multiple of a plain memory copy of the same bytes.
 
-One push = the learner side, `ShmWeightSender.publish` of a CPU fp32 state dict (safetensors file in /dev/shm +
-SHA-256 + manifest + atomic rename), then the engine side, `RolloutWorker.load_weights` (verify: SHA-256 again; then
+One push = the learner side, `ShmSender.publish` of a CPU fp32 state dict (safetensors file in /dev/shm +
+XXH3-128 + manifest + atomic rename), then the engine side, `RolloutWorker.load_weights` (verify: XXH3-128 again; then
 vLLM's `reload_weights` from that directory, with the engine paused). The baseline is a plain memory copy of the same
 bytes: `dst.copy_(src)` of every tensor into tensors allocated (and touched) beforehand, one torch thread, so the
 ratio says how far the push is from the speed of memory itself. Two sizes: the default tiny model and one of >= 100 MB
@@ -33,7 +33,7 @@ import torch
 from ponder.actors.rollout import RolloutWorker
 from ponder.data.tiny_model import build_tiny_model
 from ponder.platform.config import RolloutConfig, TinyModelConfig
-from ponder.transport.weights import ShmWeightSender, verify
+from ponder.transport.shm import ShmReceiver, ShmSender
 
 # 768 hidden x 2048 intermediate x 4 layers: ~28M parameters, ~113 MB in fp32
 SIZES = {"tiny": {}, "large": {"hidden_size": 768, "num_layers": 4, "num_heads": 12, "num_kv_heads": 12,
@@ -82,16 +82,16 @@ def bench_size(name: str, args, tmp: str, shm: str) -> dict[str, float]:
           flush=True)
     # no generation here: a small KV cache and context keep the engine's footprint down
     worker = RolloutWorker(model, "float32", RolloutConfig(max_model_len=512, kv_cache_gb=0.25), seed=0)
-    sender = ShmWeightSender(f"{shm}/{name}")
+    sender, receiver = ShmSender(f"{shm}/{name}"), ShmReceiver()
     runs: list[dict[str, float]] = []
     try:
-        worker.load_weights(sender.publish(state, 1))  # untimed warm-up: first-call costs on both sides
+        worker.load_weights(sender.publish(1, state))  # untimed warm-up: first-call costs on both sides
         for rep in range(args.repeats):
             version = rep + 2
-            handle, publish = timed(sender.publish, state, version)
+            handle, publish = timed(sender.publish, version, state)
             loaded, load = timed(worker.load_weights, handle)
             assert loaded == version, (loaded, version)
-            _, hash_s = timed(verify, handle)
+            _, hash_s = timed(receiver.fetch, handle)
             run = {"publish": publish, "load": load, "total": publish + load, "hash": hash_s,
                    "write": publish - hash_s, "reload": load - hash_s, "memcpy": memcpy(state, dst),
                    "shm_write": shm_write(state, Path(shm) / "raw.bin")}
@@ -113,7 +113,7 @@ def report(results: dict[str, dict], args) -> None:
     for name, r in results.items():
         print(f"| {name} | {r['bytes'] / 1e6:.1f} | {ms(r['publish'])} | {ms(r['load'])} | {ms(r['total'])} | "
               f"{ms(r['memcpy'])} | {r['total'] / r['memcpy']:.0f}x |")
-    print("\nBreakdown (ms): write = publish - hash; hash = one SHA-256 pass (done twice per push: sender and "
+    print("\nBreakdown (ms): write = publish - hash; hash = one XXH3-128 pass (done twice per push: sender and "
           "receiver); reload = load_weights - verify; raw /dev/shm write of the same bytes for reference\n")
     print("| model | safetensors MB | write | hash (x2 per push) | reload | raw /dev/shm write | hash MB/s |")
     print("|---|---|---|---|---|---|---|")
@@ -131,13 +131,19 @@ def machine() -> str:
             f"{torch.__version__}, vllm {vllm.__version__}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(doc: str) -> argparse.Namespace:
+    """The B3 scripts' arguments; prints the machine and the command first."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sizes", default="tiny,large", help=f"comma-separated, from {','.join(SIZES)}")
     args = parser.parse_args()
     print(machine(), flush=True)
     print(f"command: python {' '.join(sys.argv)}", flush=True)
+    return args
+
+
+def main() -> None:
+    args = parse_args(__doc__)
     torch.set_num_threads(1)  # the memcpy baseline and the sender (save + hash) are single-threaded alike
     # a `timeout` or kill must still reach the `finally`s: engine processes stopped, /dev/shm cleaned
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

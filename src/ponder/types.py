@@ -76,13 +76,16 @@ class CriticScore:
 
 @dataclass(frozen=True)
 class WeightsVersion:
-    """A published set of policy weights: where they are and how to check them."""
+    """A published set of policy weights: which transport carries them, where they are, and how to check them.
+    Only `ponder.transport` reads `kind` and `location`."""
 
     version: int
-    path: str
+    kind: str  # the transport: shm, network or nccl
+    location: Any  # shm: the directory; network: the object store ref; nccl: None (the bytes went in-band)
     checksum: str
     num_bytes: int
     tensors: dict[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape)
+    fetchable: bool = True  # an engine can load it on its own (False for NCCL: a restarted engine cannot rejoin)
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,11 @@ class GroupMeta:
     min_version: int
     max_version: int
     num_tokens: int
+
+    @classmethod
+    def of(cls, group: list["Trajectory"]) -> "GroupMeta":
+        versions = [v for t in group for v in (t.token_versions or [t.policy_version])]
+        return cls(group[0].group_id, len(group), min(versions), max(versions), sum(len(t.response_ids) for t in group))
 
 
 @dataclass(frozen=True)

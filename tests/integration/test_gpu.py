@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.integration]
 
 
 def test_nccl_push_reaches_the_engine_and_logprobs_match(tiny_model_dir, tmp_path):
-    cfg = load_config([], ["rollout.num_gpus=0.4", "learner.num_gpus=0.4", "rollout.weight_sync=nccl",
+    cfg = load_config([], ["rollout.num_gpus=0.4", "learner.num_gpus=0.4", "rollout.weight_sync=auto",
                            "rollout.gpu_memory_utilization=0.2", "rollout.max_model_len=512",
                            "trainer.prompts_per_step=4", "rollout.samples_per_prompt=4", "learner.micro_batch_size=8",
                            "cluster.num_cpus=4"])
@@ -23,8 +23,8 @@ def test_nccl_push_reaches_the_engine_and_logprobs_match(tiny_model_dir, tmp_pat
     with Cluster(cfg) as cluster:
         rollout = cluster.rollout_pool(tiny_model_dir)[0]
         reward = cluster.reward_pool()[0]
-        learners = cluster.learner_group(tiny_model_dir, str(tmp_path))
-        cluster.connect_weight_sync(learners, [rollout])
+        learners = cluster.learner_group(tiny_model_dir)
+        assert cluster.connect_weight_sync(learners, [rollout], str(tmp_path)) == "nccl"
         problems = load_problems("embedded:arithmetic", "train", cfg.data.task)[:4]
         generated = rollout.generate.remote(make_requests(problems, "think", 0, 1), sampling)
         scored, _ = reward.score.options(num_returns=2).remote(generated)

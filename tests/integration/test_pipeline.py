@@ -34,7 +34,8 @@ def parts(tiny_model_dir, tmp_path_factory):
     try:
         rollout = cluster.rollout_pool(tiny_model_dir)[0]
         reward = cluster.reward_pool()[0]
-        learner = cluster.learner_group(tiny_model_dir, weights_dir)[0]
+        learner = cluster.learner_group(tiny_model_dir)[0]
+        assert cluster.connect_weight_sync([learner], [rollout], weights_dir) == "shm"  # one node: shared memory
         problems = load_problems("embedded:arithmetic", "train", cfg.data.task)[:4]
         yield cfg, rollout, reward, learner, problems
     finally:
@@ -82,11 +83,11 @@ def test_engine_serves_exactly_the_learner_weights_after_a_push(parts):
 
 
 def test_corrupted_push_is_refused_and_old_weights_stay(parts):
-    from ponder.transport.weights import WEIGHTS_FILE
+    from ponder.transport.base import WEIGHTS_FILE
 
     _, rollout, _, learner, problems = parts
     handle = ray.get(learner.publish_weights.remote(99))
-    path = Path(handle.path) / WEIGHTS_FILE
+    path = Path(handle.location) / WEIGHTS_FILE
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF  # flip bits inside the last tensor
     path.write_bytes(bytes(data))

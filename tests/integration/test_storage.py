@@ -89,6 +89,26 @@ def test_checkpoints_save_load_and_keep_last(storage, tmp_path):
     assert (tmp_path / "restored" / "model" / "weights.bin").read_bytes() == bytes([30]) * 1000
 
 
+def test_a_checkpoint_from_several_writers(storage, tmp_path):
+    """Learner ranks upload their own parts from their own nodes; the manifest, written once, lists every part. Two
+    writers of one file would make the checkpoint ambiguous: refused, and the checkpoint never completes."""
+    store = CheckpointStore(storage)
+    store.begin(40)
+    ranks = []
+    for rank in (0, 1):
+        part = tmp_path / f"rank{rank}"
+        (part / "rng").mkdir(parents=True)
+        (part / "rng" / f"rank_{rank}.pt").write_bytes(bytes([rank]) * 10)
+        ranks.append(store.upload(40, part))
+    assert store.commit(40, ranks, {}) == "step_00000040"
+    store.load("step_00000040", tmp_path / "back")
+    assert sorted(p.name for p in (tmp_path / "back" / "rng").iterdir()) == ["rank_0.pt", "rank_1.pt"]
+    store.begin(50)
+    with pytest.raises(CheckpointError, match="two writers uploaded"):
+        store.commit(50, [store.upload(50, tmp_path / "rank0")] * 2, {})
+    assert store.complete() == ["step_00000040"]
+
+
 def _break_uploads_of(storage, name: str, times: int) -> dict:
     """Make the next `times` uploads of files called `name` fail. S3: in botocore, as the connection dropping
     (retried by boto3 as a real network error would be); local: in the copy."""

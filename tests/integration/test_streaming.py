@@ -51,7 +51,8 @@ def cluster(tiny_model_dir, tmp_path_factory):
 
 def fresh_learner(cluster):
     """A learner at the initial weights, and the engines reset to them (version 0)."""
-    learners = cluster.learner_group(cluster.model, str(cluster.tmp.mktemp("shm")))
+    learners = cluster.learner_group(cluster.model)
+    cluster.connect_weight_sync(learners, cluster.rollouts, str(cluster.tmp.mktemp("shm")))
     handle = ray.get([rank.publish_weights.remote(0) for rank in learners])[0]
     ray.get([w.load_weights.remote(handle) for w in cluster.rollouts])
     return learners
@@ -73,22 +74,17 @@ def contents(refs) -> list[tuple]:
             for batch in ray.get(list(refs)) for t in batch]
 
 
-def retire(learners) -> None:
-    for rank in learners:
-        ray.kill(rank, no_restart=True)
-
-
 def test_async_with_zero_staleness_trains_on_the_same_data_as_sync(cluster):
     learners, prompts, ledger = fresh_learner(cluster), prompt_source(cluster), Ledger()
     rollouts, rewards = Rollouts(cluster.rollouts, max_restarts=0), Rewards(cluster.rewards, max_restarts=0)
     sync = [grpo_step(rollouts, rewards, learners, prompts(step), SAMPLING, step, ledger) for step in (1, 2, 3)]
-    retire(learners)
+    cluster.retire(learners)
 
     learners = fresh_learner(cluster)
     pipeline = streaming(cluster, Schedule(max_staleness=0, interrupt=True))
     streamed = [streaming_step(pipeline, learners, step) for step in (1, 2, 3)]
     pipeline.close()
-    retire(learners)
+    cluster.retire(learners)
 
     for step, ((sync_metrics, sync_refs), (async_metrics, async_refs)) in enumerate(zip(sync, streamed), start=1):
         ours, theirs = contents(sync_refs), contents(async_refs)
@@ -111,7 +107,7 @@ def test_staleness_bound_and_sample_accounting_with_partial_rollouts(cluster):
         trained.extend(trajectories)
         staleness.extend((step - 1) - t.policy_version for t in trajectories)
     counts = pipeline.close()
-    retire(learners)
+    cluster.retire(learners)
 
     dropped = sum(v for k, v in counts.items() if k.startswith("samples/dropped_"))
     assert counts["samples/generated"] == counts["samples/trained"] + dropped
@@ -128,7 +124,7 @@ def test_dynamic_sampling_drops_uninformative_groups_and_stops_with_a_clear_erro
     with pytest.raises(PipelineError, match="pipeline.dynamic_sampling=false"):
         streaming_step(pipeline, learners, 1)
     counts = pipeline.close()
-    retire(learners)
+    cluster.retire(learners)
     assert counts["samples/trained"] == 0
     assert counts["samples/dropped_zero_variance"] >= 3 * PROMPTS * SAMPLING.n
     assert counts["samples/generated"] == sum(v for k, v in counts.items() if k.startswith("samples/dropped_"))
@@ -165,4 +161,5 @@ def test_a_partial_rollout_spans_a_weight_update_and_each_token_keeps_its_versio
         # and the update was real: the version-0 tokens are not what version 1 would have given
         moved = [abs(a - b) for a, b, v in zip(forward[1], t.logprobs, t.token_versions) if v == 0]
         assert sum(moved) / len(moved) > 10 * LOGPROB_TOLERANCE
-    retire(reference + [learner])
+    cluster.retire(reference)
+    cluster.retire([learner])

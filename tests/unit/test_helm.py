@@ -29,6 +29,7 @@ import yaml
 
 from ponder.platform.config import ConfigError, load_config
 from ponder.rewards.critic import with_defaults
+from ponder.transport import choose, preselect
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "ponder"
@@ -414,6 +415,24 @@ def test_reward_pods_get_no_credentials_and_a_locked_down_container(helm_config)
                                                            "capabilities": {"drop": ["ALL"]}}
     policy = one(objects, "NetworkPolicy")
     assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "reward"
+
+
+@pytest.mark.parametrize("path", [None, *EXAMPLES], ids=lambda p: p.name if p else "defaults")
+def test_weights_reach_engines_in_other_pods(helm_config, tmp_path, path):
+    """Rollout and learner actors are pinned to different pods, so different Ray nodes: the shipped config's weight
+    transport, settled as it would be at run time, works across them (NCCL with GPUs on both sides, else Ray's object
+    store), never a /dev/shm the pods do not share."""
+    objects, _ = render(helm_config, example(path) if path else None)
+    cfg = load_config([str(shipped_config(objects, tmp_path))], entrypoint_items(one(objects, "RayJob"))[1])
+    r, lr = cfg.rollout, cfg.learner
+    gpus = r.num_gpus > 0 and lr.num_gpus > 0
+    kind = choose(preselect(r.weight_sync, gpus, lr.zero_stage), "a learner pod", ["a rollout pod"])
+    assert kind == ("nccl" if gpus else "network")
+
+
+def test_shared_memory_weight_sync_refuses_the_install(helm_config):
+    with pytest.raises(helm_sdkpy.InstallError, match="weight_sync=shm cannot work here"):
+        render(helm_config, {"config": {"rollout": {"weight_sync": "shm"}}})
 
 
 def test_an_unknown_key_in_the_shipped_config_is_caught(helm_config, tmp_path):

@@ -55,6 +55,9 @@ for none, and only CPU-only rollout/learner pools reserve cpusPerActor each.
 {{- if and (gt (int $l.gpus) 0) (ne (mod (int $l.gpus) (int $l.actorsPerPod)) 0) -}}
 {{- fail (printf "learner.gpus (%d) must be a multiple of learner.actorsPerPod (%d): one or more whole GPUs per rank" (int $l.gpus) (int $l.actorsPerPod)) -}}
 {{- end -}}
+{{- if eq (toString (dig "rollout" "weight_sync" "auto" (default dict .Values.config))) "shm" -}}
+{{- fail "config.rollout.weight_sync=shm cannot work here: rollout and learner actors run in separate pods, which share no /dev/shm; leave it unset (auto: Ray's object store on CPU, NCCL on GPUs) or set network" -}}
+{{- end -}}
 {{- $out := list -}}
 {{- range $name, $p := dict "rollout" $r "learner" $l -}}
 {{- $count := mul $p.replicas $p.actorsPerPod -}}

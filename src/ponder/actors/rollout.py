@@ -13,7 +13,8 @@ run's samples are reproducible. With a thinking budget (`Thinking`, budget forci
 thinking stops at the budget or at `</think>`; the engine thread then appends environment text (the closing text and
 answer prefix, or a continuation cue that replaces an early close) and submits the sample again with everything so far
 as its prompt, so the policy's own tokens keep their exact logprobs and the environment's are marked as not sampled.
-Weights arrive as a `WeightsVersion` handle (transport/weights.py), are verified, then reloaded in place. A plain
+Weights arrive as a `WeightsVersion` handle, fetched and verified by the transport's receiver (`ponder.transport`),
+then reloaded in place. A plain
 class; Ray (a threaded actor) is applied in `platform/cluster.py`.
 Talks to: transport (weights in), types (trajectories out), the reward and buffer actors it is handed.
 """
@@ -33,7 +34,7 @@ from typing import Callable, Optional
 from ponder.data.template import THINK_CLOSE
 from ponder.platform.config import RolloutConfig
 from ponder.seeding import derive_seed
-from ponder.transport.weights import verify
+from ponder.transport import WeightReceiver, engine_options, open_receiver, this_node
 from ponder.types import GenerationReport, GroupMeta, RolloutRequest, Trajectory, WeightsVersion
 
 
@@ -149,10 +150,7 @@ class RolloutWorker:
                        # ("CPU Generator does not use offset"), which requests resuming after a weight update hit.
                        # Whole prefills only, with a token budget that fits the longest sequence.
                        "enable_chunked_prefill": False, "max_num_batched_tokens": max(cfg.max_model_len, 8192)})
-        if cfg.weight_sync == "nccl":
-            from vllm.config import WeightTransferConfig
-
-            extra["weight_transfer_config"] = WeightTransferConfig(backend="nccl")
+        extra.update(engine_options(cfg.weight_sync))  # the kind placement left open (auto) needs nothing here
         self.llm = LLM(model=model_path, dtype=dtype, max_model_len=cfg.max_model_len, seed=seed,
                        enforce_eager=cfg.enforce_eager, tensor_parallel_size=cfg.tensor_parallel_size,
                        logprobs_mode="processed_logprobs", **extra)
@@ -160,6 +158,7 @@ class RolloutWorker:
         self.engine.set_weight_version("0")  # every engine step is labelled with it (see _label_new_weights)
         self.tokenizer = self.llm.get_tokenizer()
         self.version = 0
+        self._receivers: dict[str, WeightReceiver] = {}  # by transport kind, opened on first use
         self.tokens_generated = 0
         self._inbox: queue.Queue = queue.Queue()
         self._waiting: deque[_Submission] = deque()
@@ -204,23 +203,23 @@ class RolloutWorker:
         (round-robin by group id); the buffer asks for the score, so the refs it keeps outlive this engine, and the
         trajectories never pass through the driver."""
         def emit(group: list[Trajectory]) -> None:
-            buffer.put.remote(group_meta(group), group, rewards[group[0].group_id % len(rewards)])
+            buffer.put.remote(GroupMeta.of(group), group, rewards[group[0].group_id % len(rewards)])
 
         self._check()
         self._inbox.put(_Submission(requests, sampling, min_version, emit))
 
     def load_weights(self, handle: WeightsVersion, interrupt: bool = False) -> int:
-        """Verify, then load in place on the engine thread; returns the version once the engine serves it. Raises
-        `WeightsIntegrityError` (and keeps the old weights) on a mismatch.
-
-        With NCCL weight sync the bytes already arrived during the learner's broadcast; this only confirms the version.
-        """
-        if handle.path == "nccl":
+        """Fetch and verify, then load in place on the engine thread; returns the version once the engine serves it.
+        Raises `WeightsIntegrityError` (and keeps the old weights) on a mismatch. A transport that writes into the
+        engine itself (NCCL) delivered the bytes during the learner's push: this only confirms the version."""
+        if handle.kind not in self._receivers:
+            self._receivers[handle.kind] = open_receiver(handle.kind)
+        directory = self._receivers[handle.kind].fetch(handle)  # off the engine thread: never pauses generation
+        if directory is None:
             if self.version != handle.version:
-                raise RuntimeError(f"NCCL push of version {handle.version} did not reach this engine "
-                                   f"(still at {self.version})")
+                raise RuntimeError(f"the push of weights version {handle.version} did not reach this engine (still "
+                                   f"at {self.version})")
             return self.version
-        directory = verify(handle)  # off the engine thread: hashing never pauses generation
 
         def reload() -> int:
             with self._engine_paused():
@@ -265,11 +264,17 @@ class RolloutWorker:
         self._check()
         return os.getpid()
 
+    def node_id(self) -> str:
+        """The Ray node this engine landed on (the weight transport is chosen from it)."""
+        return this_node()
+
     def close(self) -> None:
         """Stop the engine thread, then the engine's own processes (rather than when the actor is killed)."""
         self._stop.set()
         self._thread.join(timeout=30)
         self.engine.engine_core.shutdown()
+        for receiver in self._receivers.values():
+            receiver.close()
 
     # -- the engine thread ------------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -490,9 +495,3 @@ def token_versions(spans, num_tokens: int, current: int) -> list[int]:
     for span in spans:
         versions[span.start : span.end] = [int(span.version)] * (span.end - span.start)
     return versions
-
-
-def group_meta(group: list[Trajectory]) -> GroupMeta:
-    versions = [v for t in group for v in (t.token_versions or [t.policy_version])]
-    return GroupMeta(group_id=group[0].group_id, num_samples=len(group), min_version=min(versions),
-                     max_version=max(versions), num_tokens=sum(len(t.response_ids) for t in group))

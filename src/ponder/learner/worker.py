@@ -3,7 +3,8 @@
 Receives scored trajectory batches (Ray resolves the ObjectRefs it is handed; the driver never holds them), computes
 group-relative advantages, recomputes logprobs under the current policy (reporting their mismatch with the engine's
 behaviour logprobs), and steps the ZeRO optimizer over mini-batches with micro-batch gradient accumulation. Rank 0
-publishes the full weights through `transport.weights` after each step. A plain class; Ray is applied in
+publishes the full weights through the weight transport placement chose (`ponder.transport`) after each step; the
+ranks meet at rank 0's node address, on any nodes. A plain class; Ray is applied in
 `platform/cluster.py`. Talks to: transport (weights out), types (trajectories in). Never imports the actors.
 """
 
@@ -13,7 +14,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
@@ -23,21 +23,39 @@ from ponder.learner.advantages import grpo_advantages, length_shaping, process_a
 from ponder.learner.batching import Packed, chunks, pack, shard_groups
 from ponder.learner.losses import (behaviour_correction, clipped_surrogate, entropy, kl_penalty, masked_sum,
                                   token_logprobs)
-from ponder.platform.checkpoints import CheckpointTarget
+from ponder.platform.checkpoints import CheckpointError, CheckpointTarget
 from ponder.platform.config import AlgoConfig, LearnerConfig, parse_cores
 from ponder.seeding import rng_state, set_rng_state
-from ponder.transport.weights import ShmWeightSender
+from ponder.transport import TransportSpec, WeightSender, node_address, open_sender, reads_state, this_node
 from ponder.types import Trajectory, WeightsVersion
 
-DRIVER_STATE = "driver.json"  # inside a checkpoint: step, data position, accounting, metrics so far, run id, config
+CALLER_STATE = "driver.json"  # inside a checkpoint: the caller's state, opaque here (the driver's loop position)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class LearnerWorker:
     def __init__(self, model_path: str, dtype: str, cfg: LearnerConfig, algo: AlgoConfig, *, rank: int,
-                 master_port: int, samples_per_step: int, temperature: float, weights_dir: str, seed: int):
-        # Ranks rendezvous on this node: multi-node learner groups are not placed yet (one node, many ranks is).
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(master_port), RANK=str(rank),
+                 samples_per_step: int, temperature: float, seed: int):
+        """Cheap: the group forms in `setup`, once rank 0 has said where it meets (`rendezvous_address`)."""
+        self.args = (model_path, dtype, samples_per_step, seed)
+        self.cfg, self.algo, self.rank, self.temperature = cfg, algo, rank, temperature
+        self.sender: WeightSender | None = None
+        self.transport = ""
+        self.scratch: Path | None = None  # checkpoint staging on this rank's node, once set up
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        """Rank 0: this node's address and a port free on it, where the group's ranks meet (on any node)."""
+        return node_address()
+
+    def node_id(self) -> str:
+        """The Ray node this rank landed on."""
+        return this_node()
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        """Collective: join the group at rank 0's address, then build the DeepSpeed engine."""
+        model_path, dtype, samples_per_step, seed = self.args
+        cfg, algo, rank = self.cfg, self.algo, self.rank
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
                           WORLD_SIZE=str(cfg.num_ranks), LOCAL_RANK="0")
         if cfg.cpu_bind is not None:  # keep off the cores given to the engines (they overlap in streaming modes)
             os.sched_setaffinity(0, parse_cores(cfg.cpu_bind))
@@ -46,7 +64,6 @@ class LearnerWorker:
         import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.cfg, self.algo, self.rank, self.temperature = cfg, algo, rank, temperature
         self.on_gpu = torch.cuda.is_available()
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -71,8 +88,7 @@ class LearnerWorker:
             self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[dtype]).eval()
             self.reference.requires_grad_(False)
             self.reference.to(self.engine.device)
-        self.sender = ShmWeightSender(weights_dir) if rank == 0 else None
-        # checkpoint staging, shared by this group's ranks on this node (the master port names the group)
+        # checkpoint staging on this rank's node (the master port names the group)
         self.scratch = Path(tempfile.gettempdir()) / f"ponder-learner-{master_port}"
 
     # -- training ---------------------------------------------------------------------------------------------------
@@ -189,22 +205,19 @@ class LearnerWorker:
                 return None
             return {k: v.detach().to("cpu", copy=True) for k, v in self.engine.module.state_dict().items()}
 
-    def connect_rollouts(self, rollouts: list, tp_size: int, master_port: int) -> None:
-        """GPU path: replace the shared-memory sender by an NCCL broadcast into the engines (rank 0 only)."""
-        if self.rank == 0:
-            from ponder.transport.nccl import NcclWeightSender
-
+    def open_transport(self, spec: TransportSpec) -> None:
+        """Every rank: the weight transport the placement chose; rank 0 opens its sender (replacing any before)."""
+        if self.sender is not None:
             self.sender.close()
-            self.sender = NcclWeightSender(self.engine.module, rollouts, tp_size, rank=0,
-                                           master_address=socket.gethostbyname(socket.gethostname()),
-                                           master_port=master_port)
+        self.transport = spec.kind
+        self.sender = open_sender(spec, self.engine.module) if self.rank == 0 else None
 
     def publish_weights(self, version: int) -> WeightsVersion | None:
         """Every rank must call this (ZeRO-3 gathers); rank 0 returns the handle the engines load."""
-        if self.sender is not None and not isinstance(self.sender, ShmWeightSender):
-            return self.sender.publish(version)
-        state = self.full_state_dict()
-        return self.sender.publish(state, version) if self.sender is not None else None
+        if not self.transport:
+            raise RuntimeError("no weight transport: Cluster.connect_weight_sync opens one once the actors are placed")
+        state = self.full_state_dict() if reads_state(self.transport) else None
+        return self.sender.publish(version, state) if self.sender is not None else None
 
     def save_hf(self, out_dir: str) -> str | None:
         state = self.full_state_dict()
@@ -216,49 +229,60 @@ class LearnerWorker:
         return out_dir
 
     # -- checkpoints --------------------------------------------------------------------------------------------------
-    def save_checkpoint(self, target: CheckpointTarget, step: int, driver_state: dict, export_hf: bool) -> str | None:
+    def save_checkpoint(self, target: CheckpointTarget, step: int, caller_state: dict, meta: dict,
+                        export_hf: bool) -> str | None:
         """Collective. Every rank writes its DeepSpeed state (ZeRO shards of model, optimizer and scheduler) and its
-        RNG state into one staging directory on this node; rank 0 adds the Hugging Face export and the driver's state,
-        then uploads it all (data first, manifest last). Returns the checkpoint's URI on rank 0, None elsewhere.
-        Ranks share a node's disk here, as they share its rendezvous address (multi-node learners are not placed)."""
+        RNG state into a staging directory on its own node and uploads it from there (no shared disk needed); rank 0
+        adds the Hugging Face export and `caller_state` (JSON, returned as it was by `load_checkpoint`), and writes the
+        manifest, with `meta`, once every rank's files are up. Returns the checkpoint's URI on rank 0, None elsewhere."""
         import torch.distributed as dist
 
-        staging = self.scratch / f"save-{step:08d}"
-        self.engine.save_checkpoint(str(staging / "deepspeed"), tag="state", save_latest=False)
-        (staging / "rng").mkdir(parents=True, exist_ok=True)
-        torch.save(rng_state(), staging / "rng" / f"rank_{self.rank}.pt")
-        state = self.full_state_dict() if export_hf else None  # collective under ZeRO-3
-        dist.barrier()
-        if self.rank != 0:
-            return None
+        store, staging = target.store(), self.scratch / f"save-{step:08d}-rank{self.rank}"
         try:
-            if state is not None:
-                self.engine.module.save_pretrained(staging / "hf", state_dict=state)
-                self.tokenizer.save_pretrained(staging / "hf")
-            (staging / DRIVER_STATE).write_text(json.dumps(driver_state))
-            meta = {key: driver_state[key] for key in ("run_id", "step", "last_step")}
-            name = target.store().save(step, staging, meta)
+            self.engine.save_checkpoint(str(staging / "deepspeed"), tag="state", save_latest=False)
+            (staging / "rng").mkdir(parents=True, exist_ok=True)
+            torch.save(rng_state(), staging / "rng" / f"rank_{self.rank}.pt")
+            state = self.full_state_dict() if export_hf else None  # collective under ZeRO-3
+            if self.rank == 0:
+                if state is not None:
+                    self.engine.module.save_pretrained(staging / "hf", state_dict=state)
+                    self.tokenizer.save_pretrained(staging / "hf")
+                (staging / CALLER_STATE).write_text(json.dumps(caller_state))
+                store.begin(step)
+            dist.barrier()  # nothing is uploaded before rank 0 has cleared an earlier save of this step
+            try:
+                part: dict | str = store.upload(step, staging)
+            except Exception as e:  # every rank must reach the gather, or the others wait for ever
+                part = f"rank {self.rank}: {type(e).__name__}: {e}"
+            parts: list = [None] * self.cfg.num_ranks
+            dist.all_gather_object(parts, part)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return target.uri(name)
+        failed = [p for p in parts if isinstance(p, str)]
+        if failed:
+            raise CheckpointError(f"checkpoint of step {step} not saved, an upload failed: {'; '.join(failed)}")
+        if self.rank != 0:
+            return None
+        return target.uri(store.commit(step, parts, meta))
 
     def load_checkpoint(self, target: CheckpointTarget, name: str) -> dict:
         """Collective. Each rank downloads and verifies the checkpoint, restores its DeepSpeed state and RNG; returns
-        the driver's state saved with it."""
+        the caller's state saved with it."""
         local = self.scratch / f"load-{self.rank}"
         shutil.rmtree(local, ignore_errors=True)
         try:
             target.store().load(name, local)
             self.engine.load_checkpoint(str(local / "deepspeed"), tag="state")
             set_rng_state(torch.load(local / "rng" / f"rank_{self.rank}.pt"))
-            return json.loads((local / DRIVER_STATE).read_text())
+            return json.loads((local / CALLER_STATE).read_text())
         finally:
             shutil.rmtree(local, ignore_errors=True)
 
     def close(self) -> None:
         if self.sender is not None:
             self.sender.close()
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def rollout_stats(trajectories: list[Trajectory]) -> dict[str, float]:

@@ -14,6 +14,7 @@ hash. Retention keeps the newest `keep_last` complete checkpoints and removes in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any, Optional
 
 from ponder.platform.config import CheckpointConfig
 from ponder.platform.storage import Storage, open_storage
-from ponder.transport.weights import file_sha256
+from ponder.transport.base import file_digest
 
 MANIFEST = "MANIFEST.json"
 LATEST = "latest"
@@ -91,13 +92,30 @@ class CheckpointStore:
 
     def save(self, step: int, local_dir: Path, meta: dict[str, Any]) -> str:
         """Upload every file under `local_dir` as the checkpoint of `step`; returns its name once it is complete."""
-        name = checkpoint_name(step)
-        self.storage.delete_prefix(f"{name}/")  # a step saved again (resumed from an earlier one) starts incomplete
-        files = {}
+        self.begin(step)
+        return self.commit(step, [self.upload(step, local_dir)], meta)
+
+    def begin(self, step: int) -> None:
+        """Before any upload of `step`: a step saved again (resumed from an earlier one) starts incomplete."""
+        self.storage.delete_prefix(f"{checkpoint_name(step)}/")
+
+    def upload(self, step: int, local_dir: Path) -> dict[str, dict]:
+        """One writer's part (every learner rank uploads its own files, from its own node): each file's size and
+        SHA-256 for the manifest."""
+        name, files = checkpoint_name(step), {}
         for path in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
             relative = path.relative_to(local_dir).as_posix()
-            files[relative] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+            files[relative] = {"bytes": path.stat().st_size, "sha256": file_digest(path, hashlib.sha256())}
             self.storage.put_file(path, f"{name}/{relative}")
+        return files
+
+    def commit(self, step: int, parts: list[dict[str, dict]], meta: dict[str, Any]) -> str:
+        """After every writer's upload: the manifest of all their files, then `latest`; returns the name."""
+        name, files = checkpoint_name(step), {}
+        for part in parts:
+            if files.keys() & part.keys():
+                raise CheckpointError(f"two writers uploaded {sorted(files.keys() & part.keys())} to {name}")
+            files.update(part)
         manifest = {"step": step, "files": files, "meta": meta}
         self.storage.put_text(f"{name}/{MANIFEST}", json.dumps(manifest, indent=1, sort_keys=True))
         self.storage.put_text(LATEST, name)
@@ -133,7 +151,7 @@ class CheckpointStore:
                 continue
             target = Path(local_dir) / relative[len(only):]
             self.storage.get_file(f"{name}/{relative}", target)
-            size, digest = target.stat().st_size, file_sha256(target)
+            size, digest = target.stat().st_size, file_digest(target, hashlib.sha256())
             if (size, digest) != (expected["bytes"], expected["sha256"]):
                 raise CheckpointError(f"{self.storage.url}/{name}/{relative} is corrupted: {size} bytes, sha256 "
                                       f"{digest[:12]}…, the manifest says {expected['bytes']} bytes, "

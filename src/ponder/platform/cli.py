@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 from ponder.platform.config import ConfigError, PonderConfig, load_config, to_yaml
+from ponder.transport import TransportError
 from ponder.platform.probes import Unreachable, check_dashboard, check_store, check_tracking
 
 EXAMPLES = {
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.fn(args)
-    except (ConfigError, DatasetError, UsageError, Unreachable) as e:
+    except (ConfigError, DatasetError, UsageError, Unreachable, TransportError) as e:
         print(f"ponder {args.command}: error: {e}", file=sys.stderr)
         return 2
     except NothingToDo as e:

@@ -11,9 +11,11 @@ death (`ft.max_actor_restarts`; platform/recovery.py re-issues their work); lear
 from __future__ import annotations
 
 import os
-import socket
+from dataclasses import replace
 
 import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ponder.actors.buffer import TrajectoryBuffer
 from ponder.actors.critic import JudgeWorker, RewardModelWorker
@@ -22,10 +24,12 @@ from ponder.actors.rollout import RolloutWorker
 from ponder.learner.worker import LearnerWorker
 from ponder.platform.config import PonderConfig
 from ponder.rewards.critic import KINDS, with_defaults
+from ponder.transport import TransportSpec, choose, preselect
 
 
 # Quiet engines: per-request INFO lines from vLLM would bury the progress bar; warnings and errors still show.
 ACTOR_ENV = {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+PLACEMENT_TIMEOUT_S = 600  # an autoscaling cluster may take minutes to bring up the nodes
 
 
 class Cluster:
@@ -37,9 +41,13 @@ class Cluster:
                      include_dashboard=False, configure_logging=False, log_to_driver=cfg.cluster.log_to_driver,
                      runtime_env={"env_vars": ACTOR_ENV})
         self.actors: list = []
+        self.groups: dict = {}  # learner rank 0's actor id -> its group's placement group, removed at retire/shutdown
+        r, lr = cfg.rollout, cfg.learner
+        self.weight_sync = preselect(r.weight_sync, r.num_gpus > 0 and lr.num_gpus > 0, lr.zero_stage)
+        self.transport = ""  # the kind chosen once the learner group is placed
 
     def rollout_pool(self, model_path: str) -> list:
-        c = self.cfg.rollout
+        c = replace(self.cfg.rollout, weight_sync=self.weight_sync)
         cls = ray.remote(num_cpus=c.num_cpus, num_gpus=c.num_gpus, resources=dict(c.resources), max_concurrency=8,
                          max_restarts=self.cfg.ft.max_actor_restarts)(RolloutWorker)
         if c.cpu_bind is not None:  # vLLM's CPU backend pins its OpenMP threads to these cores
@@ -73,21 +81,57 @@ class Cluster:
         cls = ray.remote(num_cpus=0, max_concurrency=4)(TrajectoryBuffer)
         return self._track([cls.remote(max_staleness, dynamic_sampling)])[0]
 
-    def learner_group(self, model_path: str, weights_dir: str) -> list:
+    def learner_group(self, model_path: str) -> list:
+        """The learner ranks in one placement group (`learner.placement`: pack or spread over nodes), met at rank 0's
+        node address on a port free there, each with its DeepSpeed engine built."""
         c, t = self.cfg.learner, self.cfg.trainer
-        cls = ray.remote(num_cpus=c.num_cpus, num_gpus=c.num_gpus, resources=dict(c.resources))(LearnerWorker)
-        port = _free_port()
-        return self._track([
-            cls.remote(model_path, self.cfg.model.dtype, c, self.cfg.algo, rank=rank, master_port=port,
-                       samples_per_step=t.prompts_per_step * self.cfg.rollout.samples_per_prompt,
-                       temperature=self.cfg.rollout.temperature, weights_dir=weights_dir, seed=self.cfg.seed)
+        group = self._placement_group({"CPU": c.num_cpus, "GPU": c.num_gpus, **c.resources}, c.num_ranks, c.placement)
+        cls = ray.remote(LearnerWorker)
+        ranks = self._track([
+            cls.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, resources=dict(c.resources),
+                        scheduling_strategy=PlacementGroupSchedulingStrategy(group, rank) if group else None)
+            .remote(model_path, self.cfg.model.dtype, c, self.cfg.algo, rank=rank,
+                    samples_per_step=t.prompts_per_step * self.cfg.rollout.samples_per_prompt,
+                    temperature=self.cfg.rollout.temperature, seed=self.cfg.seed)
             for rank in range(c.num_ranks)])
+        if group is not None:
+            self.groups[ranks[0]._actor_id] = group
+        address = ray.get(ranks[0].rendezvous_address.remote())
+        ray.get([rank.setup.remote(*address) for rank in ranks])
+        return ranks
 
-    def connect_weight_sync(self, learners: list, rollouts: list) -> None:
-        """GPU path: open the NCCL group between learner rank 0 and every engine (rollout.weight_sync=nccl)."""
-        if self.cfg.rollout.weight_sync == "nccl":
-            ray.get(learners[0].connect_rollouts.remote(rollouts, self.cfg.rollout.tensor_parallel_size,
-                                                        _free_port()))
+    def connect_weight_sync(self, learners: list, rollouts: list, shm_dir: str) -> str:
+        """Open the weight transport from where the actors landed (`transport.choose`) and return its kind;
+        shared-memory versions go under `shm_dir`. Raises `TransportError` for a forced kind that cannot work there
+        (shm with an engine on another node)."""
+        nodes = ray.get([learners[0].node_id.remote()] + [r.node_id.remote() for r in rollouts])
+        self.transport = choose(self.weight_sync, nodes[0], nodes[1:])
+        spec = TransportSpec(self.transport, shm_dir=shm_dir, rollouts=tuple(rollouts),
+                             tp_size=self.cfg.rollout.tensor_parallel_size)
+        ray.get([rank.open_transport.remote(spec) for rank in learners])
+        return self.transport
+
+    def _placement_group(self, bundle: dict[str, float], count: int, placement: str):
+        """`count` bundles reserved at once, packed or spread over nodes; None when a bundle asks for nothing (such
+        actors fit anywhere, and Ray refuses empty bundles)."""
+        bundle = {k: v for k, v in bundle.items() if v > 0}
+        if not bundle:
+            return None
+        group = placement_group([bundle] * count, strategy=placement.upper())
+        if not group.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
+            remove_placement_group(group)
+            raise RuntimeError(f"{count} learner rank(s) of {bundle} each could not be placed in "
+                               f"{PLACEMENT_TIMEOUT_S} s: the cluster lacks those resources (see `ray status`); lower "
+                               "learner.num_ranks / num_cpus / num_gpus or add nodes")
+        return group
+
+    def retire(self, learners: list) -> None:
+        """Stop a learner group and free its placement group (benchmarks and tests make one after another)."""
+        for rank in learners:
+            ray.kill(rank, no_restart=True)
+        group = self.groups.pop(learners[0]._actor_id, None)
+        if group is not None:
+            remove_placement_group(group)
 
     def _track(self, handles: list) -> list:
         self.actors.extend(handles)
@@ -100,6 +144,9 @@ class Cluster:
         for handle in self.actors:
             ray.kill(handle, no_restart=True)
         self.actors.clear()
+        for group in self.groups.values():
+            remove_placement_group(group)
+        self.groups.clear()
         ray.shutdown()
 
     def __enter__(self) -> "Cluster":
@@ -107,9 +154,3 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

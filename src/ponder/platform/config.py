@@ -103,7 +103,9 @@ class RolloutConfig:
     cpu_bind: Optional[str] = None  # CPU engines: cores for vLLM's threads, e.g. "0" or "0-1"; None = vLLM decides
     tensor_parallel_size: int = at_least(1, 1)
     resources: dict[str, float] = field(default_factory=dict)  # Ray custom resources per actor: pins it to a pool
-    weight_sync: str = one_of("shm", "nccl", default="shm")  # shm: shared memory (any); nccl: GPU broadcast
+    # How weights reach the engines. auto: NCCL with GPUs on both sides, else shared memory when every engine is on
+    # learner rank 0's node and the object store over the network when one is not; or force shm, network or nccl.
+    weight_sync: str = one_of("auto", "shm", "network", "nccl", default="auto")
     # Budget forcing: thinking tokens a sample may use before its think block is closed for it and the answer forced.
     # [] = unbounded; [N] = N for every sample; [N1, N2, ...] = one drawn per prompt (seeded), shared by its group.
     thinking_budget: list[int] = field(default_factory=list)
@@ -177,6 +179,8 @@ class LearnerConfig:
     num_cpus: float = at_least(0, 1.0)
     num_gpus: float = at_least(0, 0.0)
     resources: dict[str, float] = field(default_factory=dict)  # Ray custom resources per rank: pins it to a pool
+    # Ray placement group of the ranks: pack (as few nodes as fit) or spread (one rank a node where possible)
+    placement: str = one_of("pack", "spread", default="pack")
 
 
 @dataclass(frozen=True)

@@ -125,8 +125,8 @@ def run_attempt(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, s
         with Cluster(cfg) as cluster:
             rollouts = Rollouts(cluster.rollout_pool(cfg.model.path), cfg.ft.max_actor_restarts)
             rewards = Rewards(cluster.reward_pool(), cfg.ft.max_actor_restarts)
-            learners = cluster.learner_group(cfg.model.path, str(weights_dir))
-            cluster.connect_weight_sync(learners, rollouts.actors)
+            learners = cluster.learner_group(cfg.model.path)
+            cluster.connect_weight_sync(learners, rollouts.actors, str(weights_dir))
             state = DriverState(tracker.run_id, t.steps, config=to_yaml(cfg))
             if start is not None:
                 state = DriverState.from_json(on_learners(learners, lambda rank: rank.load_checkpoint.remote(
@@ -177,7 +177,8 @@ def run_attempt(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, s
 def save_checkpoint(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, learners: list,
                     state: DriverState) -> str:
     started = time.perf_counter()
-    uri = on_learners(learners, lambda rank: rank.save_checkpoint.remote(target, state.step, asdict(state),
+    meta = {"run_id": state.run_id, "step": state.step, "last_step": state.last_step}  # read without a download
+    uri = on_learners(learners, lambda rank: rank.save_checkpoint.remote(target, state.step, asdict(state), meta,
                                                                          cfg.checkpoint.export_hf))[0]
     tracker.set_tags({LATEST_CHECKPOINT_TAG: uri})
     tracker.log_metrics({"time/checkpoint": time.perf_counter() - started}, state.step)

@@ -50,9 +50,9 @@ def reload(engine, weights: Optional[WeightsVersion]) -> None:
     """Give a restarted engine the weights it must serve (it came back with the initial model)."""
     if weights is None:
         return
-    if weights.path == "nccl":
-        raise WeightSyncLost("a rollout engine was restarted, and with rollout.weight_sync=nccl it cannot rejoin the "
-                             "learner's NCCL group")
+    if not weights.fetchable:
+        raise WeightSyncLost(f"a rollout engine was restarted, and with {weights.kind} weight sync it cannot rejoin "
+                             "the learner's group")
     ray.get(engine.load_weights.remote(weights))
 
 

@@ -140,7 +140,7 @@ def validate(cfg: Any) -> None:
          "ft.auto_resume restarts from the last checkpoint: set checkpoint.every > 0"),
         (r.weight_sync != "nccl" or (r.num_gpus > 0 and lr.num_gpus > 0 and lr.zero_stage < 3),
          "rollout.weight_sync=nccl needs GPUs on both sides (rollout.num_gpus, learner.num_gpus > 0) and "
-         "learner.zero_stage < 3; use weight_sync=shm otherwise"),
+         "learner.zero_stage < 3; use weight_sync=auto otherwise"),
     ]
     problems = [msg for ok, msg in checks if not ok]
     if problems:

@@ -7,8 +7,8 @@ driven through `RolloutFanoutClient`, vLLM's four-method weight-sync client prot
 our rollout actors, so the control plane goes through Ray and the bytes through NCCL.
 
 Integrity: NCCL carries no checksum; the version is stamped on the engines at `finish_weight_update`, and the
-handle returned is a `WeightsVersion` with `checksum="nccl"` (the CPU path's SHA-256 check has no equivalent here
-yet). ZeRO-3 is not supported on this path (parameters are partitioned; the config refuses the combination).
+receiver's `fetch` returns None (the weights are already in the engine), after which the rollout actor checks that
+the engine serves the handle's version (the CPU paths' checksum has no equivalent here yet). ZeRO-3 is not supported on this path (parameters are partitioned; the config refuses the combination).
 
 This module needs CUDA, vLLM's CUDA build and NCCL; it is exercised by tests marked `gpu` and cannot run on the CPU
 machines the rest of the suite runs on.
@@ -16,7 +16,7 @@ machines the rest of the suite runs on.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Optional
 
 from ponder.types import WeightsVersion
 
@@ -52,8 +52,8 @@ class RolloutFanoutClient:
         self._all([w.finish_weight_update.remote(version) for w in self.rollouts])
 
 
-class NcclWeightSender:
-    """Learner side (rank 0 sends; other ranks only join the trainer-side collectives)."""
+class NcclSender:
+    """Learner side (rank 0 sends; other ranks only join the trainer-side collectives). Reads the module itself."""
 
     def __init__(self, module, rollouts: list, tp_size: int, rank: int, master_address: str, master_port: int):
         from vllm.distributed.weight_transfer.base import ModuleSource
@@ -66,11 +66,21 @@ class NcclWeightSender:
                                                                     source=ModuleSource(module))
         self.version = 0
 
-    def publish(self, version: int) -> WeightsVersion:
+    def publish(self, version: int, state: Optional[Mapping[str, Any]] = None) -> WeightsVersion:
         self.client.pending_version = str(version)
         self.engine.send_weights()  # start → update_weights concurrently with the broadcast → finish (stamps version)
         self.version = version
-        return WeightsVersion(version=version, path="nccl", checksum="nccl", num_bytes=0, tensors={})
+        return WeightsVersion(version, "nccl", None, "", 0, {}, fetchable=False)
 
     def close(self) -> None:
         self.engine.shutdown()
+
+
+class NcclReceiver:
+    """Engine side: the bytes arrived during the learner's broadcast; there is nothing to fetch."""
+
+    def fetch(self, handle: WeightsVersion) -> None:
+        return None
+
+    def close(self) -> None:
+        pass

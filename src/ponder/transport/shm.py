@@ -1,85 +1,56 @@
-"""Weight sync, both halves: the learner publishes versioned, checksummed weights; rollout engines verify and load.
+"""Shared-memory weight sync: for engines on learner rank 0's node (the CPU default there).
 
-CPU path (here): the sender writes the full state dict as one safetensors file plus a manifest into a per-version
-directory in shared memory (/dev/shm), renamed into place atomically. The receiver checks the SHA-256 of the file
-against the manifest and the version it was told to expect, and only then asks vLLM to `reload_weights` from that
-directory. A mismatch raises `WeightsIntegrityError` and the engine keeps serving the previous version.
-
-GPU path: see `ponder.transport.nccl` (vLLM's NCCL weight-transfer engine) behind the same `WeightsVersion` handle.
+The sender writes the blob and a manifest into a per-version directory under a shared directory (/dev/shm), renamed
+into place atomically, so a receiver never sees a half-written version; the last `keep` versions stay. The receiver
+checks the manifest's version and the file's checksum against the handle, and only then lets the engine reload from
+that directory. Engines on another node cannot see the directory: `transport.choose` refuses that placement.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Mapping, Optional
 
+from ponder.transport.base import MANIFEST_FILE, WEIGHTS_FILE, WeightsIntegrityError, check, digest, encode, \
+    file_digest, write_version
 from ponder.types import WeightsVersion
 
-WEIGHTS_FILE, MANIFEST_FILE = "model.safetensors", "manifest.json"
 
-
-class WeightsIntegrityError(RuntimeError):
-    """Published weights failed verification; the engine refused them."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class ShmWeightSender:
-    """Learner side. `publish(state_dict, version)` -> a small `WeightsVersion` handle to pass to the receivers."""
-
+class ShmSender:
     def __init__(self, root: str, keep: int = 2):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep = keep
 
-    def publish(self, state_dict: dict, version: int) -> WeightsVersion:
-        from safetensors.torch import save_file
-
-        final = self.root / f"v{version:08d}"
-        staging = self.root / f".staging-v{version:08d}"
+    def publish(self, version: int, state: Optional[Mapping[str, Any]]) -> WeightsVersion:
+        data, tensors = encode(state or {}, version)
+        checksum = digest(data)
+        final, staging = self.root / f"v{version:08d}", self.root / f".staging-v{version:08d}"
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        tensors = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
-        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"ponder_version": str(version)})
-        handle = WeightsVersion(
-            version=version, path=str(final), checksum=file_sha256(staging / WEIGHTS_FILE),
-            num_bytes=(staging / WEIGHTS_FILE).stat().st_size,
-            tensors={n: (str(t.dtype).removeprefix("torch."), tuple(t.shape)) for n, t in tensors.items()},
-        )
-        (staging / MANIFEST_FILE).write_text(json.dumps({"version": version, "checksum": handle.checksum,
-                                                         "tensors": handle.tensors}))
+        write_version(staging, data, version, checksum)
         shutil.rmtree(final, ignore_errors=True)
         os.rename(staging, final)  # atomic: a receiver never sees a half-written version
-        self._prune(version)
-        return handle
-
-    def _prune(self, newest: int) -> None:
-        versions = sorted(p for p in self.root.glob("v*") if p.is_dir())
-        for old in versions[: -self.keep]:
+        for old in sorted(p for p in self.root.glob("v*") if p.is_dir())[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
+        return WeightsVersion(version, "shm", str(final), checksum, len(data), tensors)
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def verify(handle: WeightsVersion) -> Path:
-    """Receiver side: the directory to load from, once the manifest and file match the handle."""
-    directory = Path(handle.path)
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    if manifest["version"] != handle.version:
-        raise WeightsIntegrityError(f"{directory}: manifest says version {manifest['version']}, expected "
-                                    f"{handle.version}")
-    actual = file_sha256(directory / WEIGHTS_FILE)
-    if actual != handle.checksum or manifest["checksum"] != handle.checksum:
-        raise WeightsIntegrityError(f"{directory}: checksum {actual[:12]}… does not match the published "
-                                    f"{handle.checksum[:12]}… for version {handle.version}; refusing to load")
-    return directory
+class ShmReceiver:
+    def fetch(self, handle: WeightsVersion) -> Path:
+        """The directory to load from, once its manifest and file match the handle."""
+        directory = Path(handle.location)
+        manifest = json.loads((directory / MANIFEST_FILE).read_text())
+        if manifest["version"] != handle.version or manifest["checksum"] != handle.checksum:
+            raise WeightsIntegrityError(f"{directory}: manifest says version {manifest['version']}, expected "
+                                        f"{handle.version} with the published checksum")
+        check(handle, file_digest(directory / WEIGHTS_FILE), str(directory))
+        return directory
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,81 @@
+"""Weights over the network: through Ray's object store, for engines on other nodes than learner rank 0 (no shared
+filesystem needed).
+
+The sender puts the blob in its node's object store once; each receiver's `ray.get` pulls it to its own node (Ray's
+object manager moves it once per node, in parallel chunks) and reads it there without a copy. The receiver checks it
+against the handle's checksum, then writes it into a per-version directory of its own node's shared memory for the
+engine to reload from (a memory copy; the bytes on the wire are the ones checked). The sender keeps the last `keep`
+versions alive; the driver's handle keeps the newest alive for an engine that Ray restarts elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from ponder.transport.base import check, digest, encode, write_version
+from ponder.types import WeightsVersion
+
+
+class NetworkSender:
+    def __init__(self, keep: int = 2):
+        self.kept: deque = deque(maxlen=keep)
+
+    def publish(self, version: int, state: Optional[Mapping[str, Any]]) -> WeightsVersion:
+        import numpy as np
+        import ray
+
+        data, tensors = encode(state or {}, version)
+        ref = ray.put(np.frombuffer(data, dtype=np.uint8))  # a numpy array: receivers read it in place
+        self.kept.append(ref)
+        return WeightsVersion(version, "network", ref, digest(data), len(data), tensors)
+
+    def close(self) -> None:
+        self.kept.clear()
+
+
+class NetworkReceiver:
+    def __init__(self, keep: int = 2):
+        sweep_stale()
+        self.root = _PARENT / f"ponder-weights-in-{os.getpid()}"
+        self.root.mkdir(exist_ok=True)
+        self.keep = keep
+
+    def fetch(self, handle: WeightsVersion) -> Path:
+        import ray
+
+        data = ray.get(handle.location)
+        check(handle, digest(data), f"weights version {handle.version} from the object store")
+        directory = self.root / f"v{handle.version:08d}"
+        shutil.rmtree(directory, ignore_errors=True)
+        write_version(directory, data, handle.version, handle.checksum)
+        for old in sorted(p for p in self.root.iterdir() if p.is_dir())[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return directory
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_PARENT = Path("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
+
+
+def sweep_stale() -> None:
+    """Remove the directories of receivers whose engine was killed before it could close (their process is gone)."""
+    for stale in _PARENT.glob("ponder-weights-in-*"):
+        if not _alive(int(stale.name.rsplit("-", 1)[1])):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
