@@ -44,7 +44,7 @@ from ponder.data.tiny_model import build_tiny_model
 from ponder.platform.cluster import Cluster
 from ponder.platform.config import TinyModelConfig, load_config
 from ponder.platform.driver import grpo_step, streaming_step
-from ponder.platform.recovery import Rewards, Rollouts
+from ponder.platform.pools import RewardPool, RolloutPool
 from ponder.platform.pipeline import Schedule, StreamingRollouts
 
 SEARCH_CONFIG = "configs/search.yaml"
@@ -91,17 +91,17 @@ class Bench:
     def run(self, mode: str) -> dict[str, float]:
         learners = self.cluster.learner_group(self.model)
         self.cluster.connect_weight_sync(learners, self.rollouts, tempfile.mkdtemp(dir=self.tmp))
-        handle = ray.get([rank.publish_weights.remote(0) for rank in learners])[0]
+        handle = learners.publish(0)
         ray.get([w.load_weights.remote(handle) for w in self.rollouts])
         prompts, schedule, ledger, pipeline = prompt_source(self.args, self.problems), MODES[mode], Ledger(), None
         if schedule is not None:
             buffer = self.cluster.buffer(schedule.max_staleness, False)
-            pipeline = StreamingRollouts(schedule, prompts, Rollouts(self.rollouts, 0), Rewards(self.rewards, 0),
+            pipeline = StreamingRollouts(schedule, prompts, RolloutPool(self.rollouts, 0), RewardPool(self.rewards, 0),
                                          buffer, self.sampling, self.args.prompts)
 
         def step_fn(step: int):
             if pipeline is None:
-                return grpo_step(Rollouts(self.rollouts, 0), Rewards(self.rewards, 0), learners, prompts(step),
+                return grpo_step(RolloutPool(self.rollouts, 0), RewardPool(self.rewards, 0), learners, prompts(step),
                                  self.sampling, step, ledger)
             return streaming_step(pipeline, learners, step)
         history = []

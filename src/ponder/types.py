@@ -107,7 +107,7 @@ class GroupMeta:
 
 @dataclass(frozen=True)
 class GenerationReport:
-    """The rollout actor's small companion to a generated batch, which the driver waits on (platform/recovery.py)."""
+    """The rollout actor's small companion to a generated batch, which the driver waits on (platform/pools.py)."""
 
     tokens: int  # generated
     oldest_version: int  # the oldest weights any of its tokens was sampled with
@@ -117,7 +117,7 @@ class GenerationReport:
 @dataclass(frozen=True)
 class ScoreReport:
     """The reward actor's small companion to a scored batch: counts for logging, rewards for dynamic sampling, and
-    the process that scored it (a new one once Ray has restarted the actor: platform/recovery.py counts restarts so)."""
+    the process that scored it (a new one once Ray has restarted the actor: platform/pools.py counts restarts so)."""
 
     counts: dict[str, float]
     rewards: tuple[float, ...]

@@ -28,12 +28,12 @@ def test_nccl_push_reaches_the_engine_and_logprobs_match(tiny_model_dir, tmp_pat
         problems = load_problems("embedded:arithmetic", "train", cfg.data.task)[:4]
         generated = rollout.generate.remote(make_requests(problems, "think", 0, 1), sampling)
         scored, _ = reward.score.options(num_returns=2).remote(generated)
-        ray.get(learners[0].train.remote(scored))
-        handle = ray.get(learners[0].publish_weights.remote(1))
+        learners.train(scored)
+        handle = learners.publish(1)
         assert ray.get(rollout.load_weights.remote(handle)) == 1
         trajectories = ray.get(rollout.generate.remote(make_requests(problems[:1], "think", 0, 2), sampling))
         assert {t.policy_version for t in trajectories} == {1}
-        ours = ray.get(learners[0].forward_logprobs.remote(trajectories[0].prompt_ids, trajectories[0].response_ids))
+        ours = ray.get(learners.ranks[0].forward_logprobs.remote(trajectories[0].prompt_ids, trajectories[0].response_ids))
         assert max(abs(a - b) for a, b in zip(ours, trajectories[0].logprobs)) < 1e-3  # fp32, different kernels
 
 

@@ -14,11 +14,11 @@ import ray
 from ponder.actors.rollout import Sampling
 from ponder.data.datasets import load_problems
 from ponder.data.stream import make_requests
-from ponder.platform.checkpoints import CheckpointTarget
+from ponder.storage.checkpoints import CheckpointTarget
 from ponder.platform.cluster import Cluster
 from ponder.platform.config import load_config
 from ponder.platform.local_nodes import local_nodes
-from ponder.platform.recovery import LearnerLost, on_learners
+from ponder.platform.pools import LearnerLost
 from ponder.transport.network import sweep_stale
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def test_learner_ranks_on_two_nodes_and_weights_over_the_network(two_nodes, tiny
     cluster = Cluster(cfg)  # joins the running cluster
     try:
         learners = cluster.learner_group(tiny_model_dir)
-        rank_nodes = ray.get([rank.node_id.remote() for rank in learners])
+        rank_nodes = ray.get([rank.node_id.remote() for rank in learners.ranks])
         assert {two_nodes[n] for n in rank_nodes} == {"node_0", "node_1"}  # one rank on each node
         # the engine goes where learner rank 0 is not: only the network can reach it
         elsewhere = "node_1" if two_nodes[rank_nodes[0]] == "node_0" else "node_0"
@@ -60,15 +60,13 @@ def test_learner_ranks_on_two_nodes_and_weights_over_the_network(two_nodes, tiny
             if batch is None:
                 generated = rollout.generate.remote(make_requests(problems, "think", 0, step), SAMPLING)
                 batch, _ = reward.score.options(num_returns=2).remote(generated)
-            metrics = on_learners(learners, lambda rank: rank.train.remote(batch))[0]
-            handle = on_learners(learners, lambda rank: rank.publish_weights.remote(step))[0]
-            return batch, metrics, handle
+            return batch, learners.train(batch), learners.publish(step)
 
         _, _, handle = train_step(1)
         assert handle.num_bytes > 0 and ray.get(rollout.load_weights.remote(handle)) == 1
         fresh = ray.get(rollout.generate.remote(make_requests(problems[:1], "think", 0, 9), SAMPLING))
         assert {t.policy_version for t in fresh} == {1}
-        ours = ray.get(learners[0].forward_logprobs.remote(fresh[0].prompt_ids, fresh[0].response_ids))
+        ours = ray.get(learners.ranks[0].forward_logprobs.remote(fresh[0].prompt_ids, fresh[0].response_ids))
         assert max(abs(a - b) for a, b in zip(ours, fresh[0].logprobs)) < LOGPROB_TOLERANCE
         # bytes that are not the published ones (corrupted on the way) are refused; the engine keeps version 1
         corrupted = bytearray(ray.get(handle.location).tobytes())
@@ -81,11 +79,11 @@ def test_learner_ranks_on_two_nodes_and_weights_over_the_network(two_nodes, tiny
         # a checkpoint each rank uploads from its own node; training on from it twice gives the same weights
         target = CheckpointTarget(str(tmp_path / "checkpoints"))
         state = {"anything": "the caller's", "step": 1}
-        uri = on_learners(learners, lambda rank: rank.save_checkpoint.remote(target, 1, state, {}, False))[0]
+        uri = learners.save(target, 1, state, {}, False)
         files = target.store().manifest("step_00000001")["files"]
         assert {"rng/rank_0.pt", "rng/rank_1.pt", "driver.json"} <= files.keys()
         batch, first, after = train_step(2)
-        assert on_learners(learners, lambda rank: rank.load_checkpoint.remote(target, "step_00000001"))[0] == state
+        assert learners.load(target, "step_00000001") == state
         _, again, replayed = train_step(2, batch)
         assert replayed.checksum == after.checksum  # bitwise: the same weights after the same step
         assert again["train/loss"] == first["train/loss"]

@@ -34,8 +34,9 @@ def parts(tiny_model_dir, tmp_path_factory):
     try:
         rollout = cluster.rollout_pool(tiny_model_dir)[0]
         reward = cluster.reward_pool()[0]
-        learner = cluster.learner_group(tiny_model_dir)[0]
-        assert cluster.connect_weight_sync([learner], [rollout], weights_dir) == "shm"  # one node: shared memory
+        group = cluster.learner_group(tiny_model_dir)
+        assert cluster.connect_weight_sync(group, [rollout], weights_dir) == "shm"  # one node: shared memory
+        learner = group.ranks[0]
         problems = load_problems("embedded:arithmetic", "train", cfg.data.task)[:4]
         yield cfg, rollout, reward, learner, problems
     finally:

@@ -63,7 +63,7 @@ def run(args: list[str], env=None) -> subprocess.CompletedProcess:
 def kill_after_checkpoint(args: list[str], env: dict, checkpoint_url: str, step: int, log: Path) -> None:
     """Start training in its own process group and SIGKILL the whole group (driver, Ray, engines, learner) as soon as
     the checkpoint of `step` is complete: what a preempted node looks like."""
-    from ponder.platform.checkpoints import CheckpointTarget, checkpoint_name
+    from ponder.storage.checkpoints import CheckpointTarget, checkpoint_name
 
     with open(log, "w") as sink:
         proc = subprocess.Popen([PONDER, "train", *args], cwd=REPO, env=env, stdout=sink, stderr=sink,

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from ponder.platform.checkpoints import LATEST, CheckpointError, CheckpointStore
-from ponder.platform.storage import open_storage
+from ponder.storage.checkpoints import LATEST, CheckpointError, CheckpointStore
+from ponder.storage.backends import open_storage
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from ponder.data.stream import PromptStream, make_requests
 from ponder.platform.cluster import Cluster
 from ponder.platform.config import load_config
 from ponder.platform.driver import grpo_step, streaming_step
-from ponder.platform.recovery import Rewards, Rollouts
+from ponder.platform.pools import RewardPool, RolloutPool
 from ponder.platform.pipeline import PipelineError, Schedule, StreamingRollouts
 
 pytestmark = pytest.mark.integration
@@ -53,7 +53,7 @@ def fresh_learner(cluster):
     """A learner at the initial weights, and the engines reset to them (version 0)."""
     learners = cluster.learner_group(cluster.model)
     cluster.connect_weight_sync(learners, cluster.rollouts, str(cluster.tmp.mktemp("shm")))
-    handle = ray.get([rank.publish_weights.remote(0) for rank in learners])[0]
+    handle = learners.publish(0)
     ray.get([w.load_weights.remote(handle) for w in cluster.rollouts])
     return learners
 
@@ -65,8 +65,8 @@ def prompt_source(cluster):
 
 def streaming(cluster, schedule: Schedule, dynamic_sampling: bool = False, sampling: Sampling = SAMPLING):
     buffer = cluster.buffer(schedule.max_staleness, dynamic_sampling)
-    return StreamingRollouts(schedule, prompt_source(cluster), Rollouts(cluster.rollouts, 0),
-                             Rewards(cluster.rewards, 0), buffer, sampling, PROMPTS)
+    return StreamingRollouts(schedule, prompt_source(cluster), RolloutPool(cluster.rollouts, 0),
+                             RewardPool(cluster.rewards, 0), buffer, sampling, PROMPTS)
 
 
 def contents(refs) -> list[tuple]:
@@ -76,7 +76,7 @@ def contents(refs) -> list[tuple]:
 
 def test_async_with_zero_staleness_trains_on_the_same_data_as_sync(cluster):
     learners, prompts, ledger = fresh_learner(cluster), prompt_source(cluster), Ledger()
-    rollouts, rewards = Rollouts(cluster.rollouts, max_restarts=0), Rewards(cluster.rewards, max_restarts=0)
+    rollouts, rewards = RolloutPool(cluster.rollouts, max_restarts=0), RewardPool(cluster.rewards, max_restarts=0)
     sync = [grpo_step(rollouts, rewards, learners, prompts(step), SAMPLING, step, ledger) for step in (1, 2, 3)]
     cluster.retire(learners)
 
@@ -132,7 +132,8 @@ def test_dynamic_sampling_drops_uninformative_groups_and_stops_with_a_clear_erro
 
 def test_a_partial_rollout_spans_a_weight_update_and_each_token_keeps_its_version(cluster):
     reference = fresh_learner(cluster)  # stays at version 0
-    learner = fresh_learner(cluster)[0]
+    trained = fresh_learner(cluster)
+    learner = trained.ranks[0]
     rollout = cluster.rollouts[0]
     # a real update, not yet pushed: the learner moves to version 1 while the engine still serves version 0
     short = rollout.generate.remote(prompt_source(cluster)(1), SAMPLING)
@@ -153,7 +154,7 @@ def test_a_partial_rollout_spans_a_weight_update_and_each_token_keeps_its_versio
     for t in spanning:
         assert len(t.response_ids) == 600 and t.token_versions == sorted(t.token_versions)
         # each token's recorded logprob is the one of the weights its stamp names (KV recomputed at the switch)
-        forward = {0: ray.get(reference[0].forward_logprobs.remote(t.prompt_ids, t.response_ids)),
+        forward = {0: ray.get(reference.ranks[0].forward_logprobs.remote(t.prompt_ids, t.response_ids)),
                    1: ray.get(learner.forward_logprobs.remote(t.prompt_ids, t.response_ids))}
         for version in (0, 1):
             diffs = [abs(a - b) for a, b, v in zip(forward[version], t.logprobs, t.token_versions) if v == version]
@@ -162,4 +163,4 @@ def test_a_partial_rollout_spans_a_weight_update_and_each_token_keeps_its_versio
         moved = [abs(a - b) for a, b, v in zip(forward[1], t.logprobs, t.token_versions) if v == 0]
         assert sum(moved) / len(moved) > 10 * LOGPROB_TOLERANCE
     cluster.retire(reference)
-    cluster.retire([learner])
+    cluster.retire(trained)

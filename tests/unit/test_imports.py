@@ -40,6 +40,43 @@ def test_actors_and_learner_do_not_import_each_other():
         assert not any(m.startswith("ponder.actors") for m in imports_of(f)), f
 
 
+COMPONENTS = ("actors", "learner", "transport", "rewards", "data", "eval", "storage")
+
+
+def test_components_take_only_the_config_schema_from_the_control_plane():
+    """What a component needs of the control plane is passed in (a handle, a callable, a sub-config)."""
+    for sub in COMPONENTS:
+        for f in files(sub):
+            upward = {m for m in imports_of(f) if m.startswith("ponder.platform") and m != "ponder.platform.config"}
+            assert not upward, f"{f.relative_to(SRC)} imports {upward}"
+
+
+def test_packages_import_each_other_without_cycles():
+    def package(module: str) -> str:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 2 else module  # ponder.x.y -> x; top-level modules stand alone
+
+    graph: dict[str, set[str]] = {}
+    for f in SRC.rglob("*.py"):
+        name = package("ponder." + ".".join(f.relative_to(SRC).with_suffix("").parts))
+        targets = {package(m) for m in imports_of(f) if m.startswith("ponder.") and m.count(".") >= 1}
+        if name == "platform":
+            continue  # the top floor may import anything; nothing but the schema imports it (test above)
+        graph.setdefault(name, set()).update(t for t in targets if t not in (name, "platform"))
+
+    def cycle_from(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return path[path.index(node):] + [node]
+        for nxt in graph.get(node, ()):
+            found = cycle_from(nxt, path + [node])
+            if found:
+                return found
+        return None
+
+    for node in graph:
+        assert cycle_from(node, []) is None, " -> ".join(cycle_from(node, []))
+
+
 def test_only_tracking_imports_mlflow_and_nothing_imports_driver():
     for f in SRC.rglob("*.py"):
         mods = imports_of(f)

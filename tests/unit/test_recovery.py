@@ -1,11 +1,11 @@
-"""How the driver tells a restarted actor from the one it knew: by the process that answers (platform/recovery.py)."""
+"""How the driver tells a restarted actor from the one it knew: by the process that answers (platform/pools.py)."""
 
 from __future__ import annotations
 
 import pytest
 from ray.exceptions import ActorDiedError
 
-from ponder.platform.recovery import ActorFailed, ActorFanout
+from ponder.platform.pools import ActorFailed, ActorFanout
 
 
 def fanout(readied: list, max_restarts: int = 2) -> ActorFanout:

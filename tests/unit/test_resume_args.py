@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ponder.platform.checkpoints import CheckpointTarget
+from ponder.storage.checkpoints import CheckpointTarget
 from ponder.platform.cli import NothingToDo, UsageError, resolve_resume
 from ponder.platform.config import load_config
 

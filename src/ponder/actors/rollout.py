@@ -190,7 +190,7 @@ class RolloutWorker:
 
     def generate_batch(self, requests: list[RolloutRequest], sampling: Sampling, min_version: int = 0
                        ) -> tuple[list[Trajectory], GenerationReport]:
-        """`generate`, and its report: the small second result is what the driver waits on (platform/recovery.py), so
+        """`generate`, and its report: the small second result is what the driver waits on (platform/pools.py), so
         that it notices a dead or restarted engine without pulling the trajectories."""
         trajectories = self.generate(requests, sampling, min_version)
         return trajectories, GenerationReport(sum(len(t.response_ids) for t in trajectories),

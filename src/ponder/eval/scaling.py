@@ -1,5 +1,5 @@
 """Test-time scaling: accuracy as a function of samples per problem (k) and thinking budget, for several ways of
-turning k samples into one answer. Pure functions of scored trajectories; `eval/run.py` generates them.
+turning k samples into one answer. Pure functions of scored trajectories; `platform/evaluate.py` generates them.
 
 From K samples per problem (K = `eval.k`), for each k in 1, 2, 4, ..., K:
   pass@k     some sample of k is right (the unbiased estimator over all K)

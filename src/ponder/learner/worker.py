@@ -23,7 +23,7 @@ from ponder.learner.advantages import grpo_advantages, length_shaping, process_a
 from ponder.learner.batching import Packed, chunks, pack, shard_groups
 from ponder.learner.losses import (behaviour_correction, clipped_surrogate, entropy, kl_penalty, masked_sum,
                                   token_logprobs)
-from ponder.platform.checkpoints import CheckpointError, CheckpointTarget
+from ponder.storage.checkpoints import CheckpointError, CheckpointTarget
 from ponder.platform.config import AlgoConfig, LearnerConfig, parse_cores
 from ponder.seeding import rng_state, set_rng_state
 from ponder.transport import TransportSpec, WeightSender, node_address, open_sender, reads_state, this_node
@@ -118,7 +118,7 @@ class LearnerWorker:
     def _advantages(self, trajectories: list[Trajectory]
                     ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[bool]]:
         """Group-normalised outcome advantages [B], and with per-step critic scores their dense token-level terms
-        (times algo.process_coef), and which samples are trained on. Rewards get the length-control terms first.
+        (times algo.process_coef), and which samples are trained on. RewardPool get the length-control terms first.
         Masked samples (reward infrastructure failed), and with overlong filtering truncated ones, get 0, stay out of
         group stats and out of the loss."""
         a = self.algo

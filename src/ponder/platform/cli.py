@@ -99,7 +99,7 @@ def check_model_dir(path: str, max_model_len: int) -> None:
 def resolve_resume(cfg: PonderConfig, spec: str | None):
     """`--resume` → (checkpoint target, checkpoint to start from or None, MLflow run id to continue or None).
     Runs before Ray starts: a wrong path or run id fails here."""
-    from ponder.platform.checkpoints import CheckpointError, CheckpointTarget, locate
+    from ponder.storage.checkpoints import CheckpointError, CheckpointTarget, locate
 
     c = cfg.checkpoint
     target = CheckpointTarget.of(c, cfg.trainer.output_dir)
@@ -201,7 +201,7 @@ def cmd_eval(args) -> None:
             raise UsageError(str(e)) from None
         print(f"model of run {args.run}: {model_dir}")
     preflight(cfg, model_dir)
-    from ponder.eval.run import evaluate_model
+    from ponder.platform.evaluate import evaluate_model
 
     result = evaluate_model(model_dir, cfg, progress=lambda what: print(f"eval: {what}", flush=True))
     width = max(map(len, result.metrics))
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         # only reachable once Ray is imported anyway
         from ponder.platform.driver import TrainingStopped
         from ponder.platform.pipeline import PipelineError
-        from ponder.platform.recovery import ActorFailed
+        from ponder.platform.pools import ActorFailed
 
         if isinstance(e, (PipelineError, TrainingStopped)):
             print(f"ponder {args.command}: error: {e}", file=sys.stderr)

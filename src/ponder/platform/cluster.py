@@ -5,7 +5,7 @@ change with their sizes. On a 2-core machine actors take fractional `num_cpus`. 
 (Ray custom resources that only its nodes advertise, e.g. {ponder_rollout: 1}) keeps its actors on its own nodes. Rollout actors and the trajectory
 buffer are threaded actors: a rollout actor's engine thread keeps decoding while its other threads take weights and
 new prompts; the buffer answers `put` while a `take` waits. Rollout and reward actors are restarted by Ray after a
-death (`ft.max_actor_restarts`; platform/recovery.py re-issues their work); learner ranks and the buffer are not.
+death (`ft.max_actor_restarts`; platform/pools.py re-issues their work); learner ranks and the buffer are not.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ponder.actors.reward import RewardWorker
 from ponder.actors.rollout import RolloutWorker
 from ponder.learner.worker import LearnerWorker
 from ponder.platform.config import PonderConfig
+from ponder.platform.pools import LearnerGroup
 from ponder.rewards.critic import KINDS, with_defaults
 from ponder.transport import TransportSpec, choose, preselect
 
@@ -81,7 +82,7 @@ class Cluster:
         cls = ray.remote(num_cpus=0, max_concurrency=4)(TrajectoryBuffer)
         return self._track([cls.remote(max_staleness, dynamic_sampling)])[0]
 
-    def learner_group(self, model_path: str) -> list:
+    def learner_group(self, model_path: str) -> LearnerGroup:
         """The learner ranks in one placement group (`learner.placement`: pack or spread over nodes), met at rank 0's
         node address on a port free there, each with its DeepSpeed engine built."""
         c, t = self.cfg.learner, self.cfg.trainer
@@ -98,17 +99,17 @@ class Cluster:
             self.groups[ranks[0]._actor_id] = group
         address = ray.get(ranks[0].rendezvous_address.remote())
         ray.get([rank.setup.remote(*address) for rank in ranks])
-        return ranks
+        return LearnerGroup(ranks)
 
-    def connect_weight_sync(self, learners: list, rollouts: list, shm_dir: str) -> str:
+    def connect_weight_sync(self, learners: LearnerGroup, rollouts: list, shm_dir: str) -> str:
         """Open the weight transport from where the actors landed (`transport.choose`) and return its kind;
         shared-memory versions go under `shm_dir`. Raises `TransportError` for a forced kind that cannot work there
         (shm with an engine on another node)."""
-        nodes = ray.get([learners[0].node_id.remote()] + [r.node_id.remote() for r in rollouts])
+        nodes = ray.get([learners.ranks[0].node_id.remote()] + [r.node_id.remote() for r in rollouts])
         self.transport = choose(self.weight_sync, nodes[0], nodes[1:])
         spec = TransportSpec(self.transport, shm_dir=shm_dir, rollouts=tuple(rollouts),
                              tp_size=self.cfg.rollout.tensor_parallel_size)
-        ray.get([rank.open_transport.remote(spec) for rank in learners])
+        ray.get([rank.open_transport.remote(spec) for rank in learners.ranks])
         return self.transport
 
     def _placement_group(self, bundle: dict[str, float], count: int, placement: str):
@@ -125,11 +126,11 @@ class Cluster:
                                "learner.num_ranks / num_cpus / num_gpus or add nodes")
         return group
 
-    def retire(self, learners: list) -> None:
+    def retire(self, learners: LearnerGroup) -> None:
         """Stop a learner group and free its placement group (benchmarks and tests make one after another)."""
-        for rank in learners:
+        for rank in learners.ranks:
             ray.kill(rank, no_restart=True)
-        group = self.groups.pop(learners[0]._actor_id, None)
+        group = self.groups.pop(learners.ranks[0]._actor_id, None)
         if group is not None:
             remove_placement_group(group)
 

@@ -211,7 +211,7 @@ class TrainerConfig:
 @dataclass(frozen=True)
 class CheckpointConfig:
     """Training checkpoints: DeepSpeed state, data position, RNG, step and policy version, saved atomically to a local
-    directory or `s3://bucket/prefix` (platform/checkpoints.py). `ponder train --resume auto` continues from the latest."""
+    directory or `s3://bucket/prefix` (storage/checkpoints.py). `ponder train --resume auto` continues from the latest."""
 
     dir: Optional[str] = None  # local path or s3://bucket/prefix; None = <trainer.output_dir>/checkpoints
     every: int = at_least(0, 20)  # save every N steps (and at the last step); 0 = never

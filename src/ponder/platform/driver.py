@@ -5,10 +5,10 @@ continuously into the trajectory buffer while the learner trains (`streaming_ste
 engines fed). Either way trajectories travel as ObjectRefs from rollout actors to reward actors to learner ranks; the
 driver holds refs and pulls only metrics (and, every `log_samples_every` steps, a handful of samples to log).
 
-Every `checkpoint.every` steps the learner saves a checkpoint (platform/checkpoints.py) holding the DeepSpeed state
+Every `checkpoint.every` steps the learner saves a checkpoint (storage/checkpoints.py) holding the DeepSpeed state
 and this loop's own state (`DriverState`: step, data position, sample accounting, metrics so far, run id). A resumed
 run loads it, pushes the restored weights to the engines and goes on at the next step in the same MLflow run. A
-rollout or reward actor that dies is restarted and its work re-issued (platform/recovery.py); a learner that dies
+rollout or reward actor that dies is restarted and its work re-issued (platform/pools.py); a learner that dies
 ends the attempt, and with `ft.auto_resume` the run starts again from its last complete checkpoint.
 Nothing imports this module except the CLI.
 """
@@ -30,14 +30,15 @@ from ponder.actors.buffer import Ledger
 from ponder.actors.rollout import Sampling, Thinking
 from ponder.data.datasets import load_problems
 from ponder.data.stream import PromptStream, make_requests
-from ponder.eval.heldout import heldout_metrics, rollout_and_score
-from ponder.platform.checkpoints import CheckpointTarget
+from ponder.eval.heldout import heldout_metrics
+from ponder.platform.evaluate import rollout_and_score
+from ponder.storage.checkpoints import CheckpointTarget
 from ponder.platform.cluster import Cluster
 from ponder.platform.config import PonderConfig, flatten, to_yaml
 from ponder.platform.lineage import lineage_tags
 from ponder.platform.pipeline import Schedule, StreamingRollouts
 from ponder.platform.plots import plot_compute_curve, plot_curves
-from ponder.platform.recovery import NeedsCheckpoint, Rewards, Rollouts, on_learners
+from ponder.platform.pools import LearnerGroup, NeedsCheckpoint, RewardPool, RolloutPool
 from ponder.platform.tracking import CHECKPOINT_DIR_TAG, FINAL_MODEL, LATEST_CHECKPOINT_TAG, Tracker
 
 
@@ -123,20 +124,19 @@ def run_attempt(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, s
     weights_dir = Path(cfg.cluster.shm_dir) / f"ponder-{tracker.run_id}"
     try:
         with Cluster(cfg) as cluster:
-            rollouts = Rollouts(cluster.rollout_pool(cfg.model.path), cfg.ft.max_actor_restarts)
-            rewards = Rewards(cluster.reward_pool(), cfg.ft.max_actor_restarts)
+            rollouts = RolloutPool(cluster.rollout_pool(cfg.model.path), cfg.ft.max_actor_restarts)
+            rewards = RewardPool(cluster.reward_pool(), cfg.ft.max_actor_restarts)
             learners = cluster.learner_group(cfg.model.path)
             cluster.connect_weight_sync(learners, rollouts.actors, str(weights_dir))
             state = DriverState(tracker.run_id, t.steps, config=to_yaml(cfg))
             if start is not None:
-                state = DriverState.from_json(on_learners(learners, lambda rank: rank.load_checkpoint.remote(
-                    target, start))[0])
+                state = DriverState.from_json(learners.load(target, start))
                 state.last_step, state.config = t.steps, to_yaml(cfg)  # a resumed run may be given more steps
             result.history, result.evals = state.history, state.evals
             loop = Loop.of(cfg, cluster, rollouts, rewards, learners, train_set, state)
             if start is not None:  # every engine serves the restored weights before the first step
                 result.checkpoint = target.uri(start)
-                rollouts.push(on_learners(learners, lambda rank: rank.publish_weights.remote(state.step))[0])
+                rollouts.push(learners.publish(state.step))
 
             def evaluate(step: int) -> None:  # waits for every engine to serve the weights of `step`
                 loop.settle()
@@ -174,18 +174,17 @@ def run_attempt(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, s
         shutil.rmtree(weights_dir, ignore_errors=True)  # also when a killed learner could not clean up itself
 
 
-def save_checkpoint(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, learners: list,
+def save_checkpoint(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, learners: LearnerGroup,
                     state: DriverState) -> str:
     started = time.perf_counter()
     meta = {"run_id": state.run_id, "step": state.step, "last_step": state.last_step}  # read without a download
-    uri = on_learners(learners, lambda rank: rank.save_checkpoint.remote(target, state.step, asdict(state), meta,
-                                                                         cfg.checkpoint.export_hf))[0]
+    uri = learners.save(target, state.step, asdict(state), meta, cfg.checkpoint.export_hf)
     tracker.set_tags({LATEST_CHECKPOINT_TAG: uri})
     tracker.log_metrics({"time/checkpoint": time.perf_counter() - started}, state.step)
     return uri
 
 
-def export_final_model(cfg: PonderConfig, target: CheckpointTarget, checkpoint: Optional[str], learners: list,
+def export_final_model(cfg: PonderConfig, target: CheckpointTarget, checkpoint: Optional[str], learners: LearnerGroup,
                        out: Path) -> str:
     """The final policy in Hugging Face format in `out`/final_model, on the driver's node. Taken from the last
     checkpoint's export when it has one: that is in shared storage, and the learner may run on another node. Without
@@ -195,7 +194,7 @@ def export_final_model(cfg: PonderConfig, target: CheckpointTarget, checkpoint: 
         shutil.rmtree(local, ignore_errors=True)
         target.store().load(checkpoint.rpartition("/")[2], local, only="hf/")
         return str(local)
-    return on_learners(learners, lambda rank: rank.save_hf.remote(str(local)))[0]
+    return learners.save_hf(str(local))
 
 
 class Loop:
@@ -207,7 +206,7 @@ class Loop:
         self.step, self.snapshot, self.close, self.settle = step, snapshot, close, settle
 
     @classmethod
-    def of(cls, cfg: PonderConfig, cluster: Cluster, rollouts: Rollouts, rewards: Rewards, learners: list,
+    def of(cls, cfg: PonderConfig, cluster: Cluster, rollouts: RolloutPool, rewards: RewardPool, learners: LearnerGroup,
            train_set: list, state: DriverState) -> "Loop":
         r, t = cfg.rollout, cfg.trainer
         sampling = Sampling(r.samples_per_prompt, r.temperature, r.top_p, r.max_tokens, thinking=Thinking.of(r))
@@ -254,7 +253,7 @@ class Loop:
                    lambda: merge_counts([earlier, pipeline.close()]), pipeline.settle)
 
 
-def grpo_step(rollouts: Rollouts, rewards: Rewards, learners: list, requests: list, sampling: Sampling, step: int,
+def grpo_step(rollouts: RolloutPool, rewards: RewardPool, learners: LearnerGroup, requests: list, sampling: Sampling, step: int,
               ledger: Ledger) -> tuple[dict[str, float], list]:
     """generate → score → train → push, one stage at a time (each timed). Returns metrics and the scored refs."""
     timings: dict[str, float] = {}
@@ -264,9 +263,9 @@ def grpo_step(rollouts: Rollouts, rewards: Rewards, learners: list, requests: li
         scored, reports = rewards.score(generated)
         reward_metrics = merge_counts([r.counts for r in reports])
     with timed(timings, "train"):
-        metrics = on_learners(learners, lambda rank: rank.train.remote(*scored))[0]
+        metrics = learners.train(*scored)
     with timed(timings, "weight_sync"):
-        rollouts.push(on_learners(learners, lambda rank: rank.publish_weights.remote(step))[0])
+        rollouts.push(learners.publish(step))
     ledger.generated(len(requests) * sampling.n)
     ledger.trained(len(requests) * sampling.n, masked=sum(r.masked for r in reports))
     metrics.update(reward_metrics, **ledger.as_metrics(), **{f"time/{k}": v for k, v in timings.items()})
@@ -275,16 +274,16 @@ def grpo_step(rollouts: Rollouts, rewards: Rewards, learners: list, requests: li
     return metrics, scored
 
 
-def streaming_step(pipeline: StreamingRollouts, learners: list, step: int) -> tuple[dict[str, float], list]:
+def streaming_step(pipeline: StreamingRollouts, learners: LearnerGroup, step: int) -> tuple[dict[str, float], list]:
     """wait for a batch of fresh groups → train → publish; the engines generate all along and take the weights
     without the driver waiting. `time/wait` is the generation the learner could not hide."""
     timings: dict[str, float] = {}
     with timed(timings, "wait"):
         batch = pipeline.next_batch(step)
     with timed(timings, "train"):
-        metrics = on_learners(learners, lambda rank: rank.train.remote(*batch.refs))[0]
+        metrics = learners.train(*batch.refs)
     with timed(timings, "weight_sync"):
-        pipeline.push(on_learners(learners, lambda rank: rank.publish_weights.remote(step))[0])
+        pipeline.push(learners.publish(step))
     metrics.update(batch.metrics, **{f"time/{k}": v for k, v in timings.items()})
     metrics["ft/groups_reissued"] = float(pipeline.reissued)
     metrics["time/step"] = sum(timings.values())

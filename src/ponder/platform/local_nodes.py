@@ -38,9 +38,9 @@ def local_nodes(count: int = 2, cpus: int = 3, first: int = 2) -> Iterator[Local
 
     addresses = [f"127.0.0.{first + i}" for i in range(count)]
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's Unix socket paths must fit 107 bytes
-    # loopback-only nodes of this process: no token to hand around (the driver must agree, so it is set here too)
-    saved_auth = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    # Token authentication, as Ray's own local `ray.init()` turns on for this process (and leaves on): the nodes and
+    # this driver share the token in ~/.ray/auth_token, which the head makes if there is none.
+    os.environ["RAY_AUTH_MODE"] = "token"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     with socket.socket() as s:
         s.bind((addresses[0], 0))
@@ -71,10 +71,6 @@ def local_nodes(count: int = 2, cpus: int = 3, first: int = 2) -> Iterator[Local
             _kill_tree(proc)
             proc.wait(timeout=60)
         shutil.rmtree(temp_dir, ignore_errors=True)
-        if saved_auth is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved_auth
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:

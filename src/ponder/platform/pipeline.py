@@ -27,7 +27,7 @@ from ponder.actors.buffer import Batch
 from ponder.actors.rollout import Sampling
 from ponder.data.stream import split_even
 from ponder.platform.config import PipelineConfig
-from ponder.platform.recovery import Rewards, Rollouts
+from ponder.platform.pools import RewardPool, RolloutPool
 from ponder.types import RolloutRequest, WeightsVersion
 
 
@@ -54,8 +54,8 @@ class Schedule:
 class StreamingRollouts:
     """`next_batch(step)` → a Batch of `groups_per_step` whole groups; `push(handle)` → weights to every engine."""
 
-    def __init__(self, schedule: Schedule, prompts: Callable[[int], list[RolloutRequest]], rollouts: Rollouts,
-                 rewards: Rewards, buffer, sampling: Sampling, groups_per_step: int, start_step: int = 1,
+    def __init__(self, schedule: Schedule, prompts: Callable[[int], list[RolloutRequest]], rollouts: RolloutPool,
+                 rewards: RewardPool, buffer, sampling: Sampling, groups_per_step: int, start_step: int = 1,
                  batches_drawn: int = 0):
         """`rollouts`, `rewards`: the pools (their restarts are counted, a restarted engine readied). `start_step`,
         `batches_drawn`: where a resumed run goes on (its first step, the prompt batches its earlier attempts took);

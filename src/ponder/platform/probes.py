@@ -51,7 +51,7 @@ def check_store(url: str, endpoint_url: Optional[str] = None, timeout_s: float =
         return
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    from ponder.platform.storage import open_storage
+    from ponder.storage.backends import open_storage
 
     try:
         store = open_storage(url, endpoint_url, timeout_s=timeout_s)

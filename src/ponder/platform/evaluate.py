@@ -1,18 +1,35 @@
-"""`ponder eval`: held-out metrics of a saved model, on the same rollout and reward actors as training, and with
-`eval.thinking_budgets` / `eval.k` a test-time scaling sweep (eval/scaling.py) over budgets and samples per problem."""
+"""Evaluation on the pools: `rollout_and_score` (the driver's held-out evaluation between steps, with the current
+policy) and `ponder eval`'s `evaluate_model`: held-out metrics of a saved model on the same rollout and reward actors as
+training, and with `eval.thinking_budgets` / `eval.k` a test-time scaling sweep (eval/scaling.py) over budgets and
+samples per problem. The metrics themselves are pure (`ponder.eval`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
 
+import ray
+
 from ponder.actors.rollout import Sampling, Thinking
 from ponder.data.datasets import load_problems
-from ponder.eval.heldout import heldout_metrics, rollout_and_score
+from ponder.data.stream import make_requests
+from ponder.eval.heldout import heldout_metrics
 from ponder.eval.scaling import Point, greedy_point, sampled_points
 from ponder.platform.cluster import Cluster
 from ponder.platform.config import PonderConfig
-from ponder.platform.recovery import Rewards, Rollouts
+from ponder.platform.pools import RewardPool, RolloutPool
+from ponder.types import Problem, Trajectory
+
+
+def rollout_and_score(rollouts: RolloutPool, rewards: RewardPool, problems: list[Problem], template: str, sampling: Sampling,
+                      seed: int, min_version: int = 0, budget_prompt: str = "") -> list[Trajectory]:
+    """Generate and score `problems` once every engine serves weights of at least `min_version`; with
+    `budget_prompt`, each prompt states the sampling's thinking budget (if it has one)."""
+    budget = sampling.thinking.budget if sampling.thinking else None
+    requests = make_requests(problems, template, seed, step=-1, budgets=() if budget is None else [budget],
+                             budget_prompt=budget_prompt)
+    scored, _ = rewards.score(rollouts.generate(requests, sampling, min_version)[0])
+    return [t for batch in ray.get(scored) for t in batch]
 
 
 @dataclass
@@ -27,8 +44,8 @@ def evaluate_model(model_dir: str, cfg: PonderConfig, progress=None) -> EvalResu
     problems = load_problems(cfg.data.eval, "eval", cfg.data.task)[: cfg.eval.prompts]
     max_tokens, result = cfg.rollout.max_tokens, EvalResult({})
     with Cluster(cfg) as cluster:
-        rollouts = Rollouts(cluster.rollout_pool(model_dir), cfg.ft.max_actor_restarts)
-        rewards = Rewards(cluster.reward_pool(), cfg.ft.max_actor_restarts)
+        rollouts = RolloutPool(cluster.rollout_pool(model_dir), cfg.ft.max_actor_restarts)
+        rewards = RewardPool(cluster.reward_pool(), cfg.ft.max_actor_restarts)
         for budget in [None, *cfg.eval.thinking_budgets]:
             thinking: Optional[Thinking] = None if budget is None else Thinking(
                 budget, answer_prefix=cfg.rollout.answer_prefix)

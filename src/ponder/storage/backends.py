@@ -5,7 +5,7 @@ an optional endpoint URL (MinIO, moto, on-prem object stores: `endpoint_url` or 
 with backoff, and multipart transfers for large files (boto3's transfer manager). Credentials come from boto3's usual
 chain (environment, shared config, instance or pod role), never from the Ponder config.
 
-Atomicity is the checkpoint store's job (`platform/checkpoints.py`: data first, manifest last); this layer only
+Atomicity is the checkpoint store's job (`storage/checkpoints.py`: data first, manifest last); this layer only
 promises that a `put` either completes or raises.
 """
 

@@ -1,4 +1,5 @@
-"""What the driver does when an actor dies mid-step.
+"""The pools as the driver, the streaming pipeline and evaluation use them — `RolloutPool`, `RewardPool`,
+`LearnerGroup` — and what they do when an actor dies mid-step.
 
 Rollout and reward actors are created with `ft.max_actor_restarts` (platform/cluster.py): Ray restarts a dead one by
 running its constructor again (a fresh engine on the initial model, a fresh verifier pool). Each fan-out returns a
@@ -158,7 +159,7 @@ class ActorFanout:
         return sum(self.lives)
 
 
-class Rollouts:
+class RolloutPool:
     """The rollout pool as the driver uses it: generate with recovery, and push weights that a restarted engine gets
     again (it comes back serving the initial model)."""
 
@@ -191,7 +192,7 @@ class Rollouts:
         reload(actor, self.weights)
 
 
-class Rewards:
+class RewardPool:
     """The reward pool as the driver uses it: each generated batch scored round-robin, re-scored if its actor died."""
 
     def __init__(self, actors: list, max_restarts: int):
@@ -201,6 +202,37 @@ class Rewards:
     def score(self, generated: list) -> tuple[list, list]:
         """(scored trajectory-list refs, ScoreReports) in the order of `generated`."""
         return self.fanout.run(lambda actor, ref: tuple(actor.score.options(num_returns=2).remote(ref)), generated)
+
+
+class LearnerGroup:
+    """The learner's ranks as one (`Cluster.learner_group` makes it). Every call goes to every rank, as DeepSpeed's
+    collectives need, and returns rank 0's answer; a rank's death raises `LearnerLost` at once (`on_learners`)."""
+
+    def __init__(self, ranks: list):
+        self.ranks = ranks
+
+    def train(self, *batches) -> dict[str, float]:
+        """One optimizer step on these scored batches (refs); the step's metrics."""
+        return self._all("train", *batches)
+
+    def publish(self, version: int) -> WeightsVersion:
+        """The current weights, published as `version` through the open transport."""
+        return self._all("publish_weights", version)
+
+    def save(self, target, step: int, caller_state: dict, meta: dict, export_hf: bool) -> str:
+        """A checkpoint of `step`, every rank uploading its part from its node; its URI."""
+        return self._all("save_checkpoint", target, step, caller_state, meta, export_hf)
+
+    def load(self, target, name: str) -> dict:
+        """Every rank restored from checkpoint `name`; the caller state saved with it."""
+        return self._all("load_checkpoint", target, name)
+
+    def save_hf(self, out_dir: str) -> str:
+        """The policy in Hugging Face format in `out_dir`, on rank 0's node."""
+        return self._all("save_hf", out_dir)
+
+    def _all(self, method: str, *args):
+        return on_learners(self.ranks, lambda rank: getattr(rank, method).remote(*args))[0]
 
 
 def on_learners(learners: list, call: Callable[[object], object]) -> list:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ponder.platform.config import CheckpointConfig
-from ponder.platform.storage import Storage, open_storage
+from ponder.storage.backends import Storage, open_storage
 from ponder.transport.base import file_digest
 
 MANIFEST = "MANIFEST.json"
