@@ -38,9 +38,14 @@ def local_nodes(count: int = 2, cpus: int = 3, first: int = 2) -> Iterator[Local
 
     addresses = [f"127.0.0.{first + i}" for i in range(count)]
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's Unix socket paths must fit 107 bytes
-    # Token authentication, as Ray's own local `ray.init()` turns on for this process (and leaves on): the nodes and
-    # this driver share the token in ~/.ray/auth_token, which the head makes if there is none.
-    os.environ["RAY_AUTH_MODE"] = "token"
+    # Authentication as Ray's own local `ray.init()` sets it up (these are the calls it makes): token mode for this
+    # process and its children unless RAY_AUTH_MODE says otherwise, the process's cached config refreshed, and a token
+    # in ~/.ray/auth_token made if there is none. The nodes and this driver then agree.
+    from ray._private.authentication.authentication_token_setup import (enable_token_auth_by_default,
+                                                                          ensure_token_if_auth_enabled)
+
+    enable_token_auth_by_default()
+    ensure_token_if_auth_enabled({}, create_token_if_missing=True)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     with socket.socket() as s:
         s.bind((addresses[0], 0))
