@@ -42,10 +42,9 @@ class Cluster:
                      include_dashboard=False, configure_logging=False, log_to_driver=cfg.cluster.log_to_driver,
                      runtime_env={"env_vars": ACTOR_ENV})
         self.actors: list = []
-        self.groups: dict = {}  # learner rank 0's actor id -> its group's placement group, removed at retire/shutdown
+        self.groups: list = []  # the learner groups' placement groups, removed at retire/shutdown
         r, lr = cfg.rollout, cfg.learner
         self.weight_sync = preselect(r.weight_sync, r.num_gpus > 0 and lr.num_gpus > 0, lr.zero_stage)
-        self.transport = ""  # the kind chosen once the learner group is placed
 
     def rollout_pool(self, model_path: str) -> list:
         c = replace(self.cfg.rollout, weight_sync=self.weight_sync)
@@ -88,29 +87,28 @@ class Cluster:
         c, t = self.cfg.learner, self.cfg.trainer
         group = self._placement_group({"CPU": c.num_cpus, "GPU": c.num_gpus, **c.resources}, c.num_ranks, c.placement)
         cls = ray.remote(LearnerWorker)
+        place = (lambda rank: PlacementGroupSchedulingStrategy(group, rank)) if group is not None else (lambda _: None)
         ranks = self._track([
             cls.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, resources=dict(c.resources),
-                        scheduling_strategy=PlacementGroupSchedulingStrategy(group, rank) if group else None)
+                        scheduling_strategy=place(rank))
             .remote(model_path, self.cfg.model.dtype, c, self.cfg.algo, rank=rank,
                     samples_per_step=t.prompts_per_step * self.cfg.rollout.samples_per_prompt,
                     temperature=self.cfg.rollout.temperature, seed=self.cfg.seed)
             for rank in range(c.num_ranks)])
-        if group is not None:
-            self.groups[ranks[0]._actor_id] = group
         address = ray.get(ranks[0].rendezvous_address.remote())
         ray.get([rank.setup.remote(*address) for rank in ranks])
-        return LearnerGroup(ranks)
+        return LearnerGroup(ranks, group)
 
     def connect_weight_sync(self, learners: LearnerGroup, rollouts: list, shm_dir: str) -> str:
         """Open the weight transport from where the actors landed (`transport.choose`) and return its kind;
         shared-memory versions go under `shm_dir`. Raises `TransportError` for a forced kind that cannot work there
         (shm with an engine on another node)."""
         nodes = ray.get([learners.ranks[0].node_id.remote()] + [r.node_id.remote() for r in rollouts])
-        self.transport = choose(self.weight_sync, nodes[0], nodes[1:])
-        spec = TransportSpec(self.transport, shm_dir=shm_dir, rollouts=tuple(rollouts),
+        kind = choose(self.weight_sync, nodes[0], nodes[1:])
+        spec = TransportSpec(kind, shm_dir=shm_dir, rollouts=tuple(rollouts),
                              tp_size=self.cfg.rollout.tensor_parallel_size)
         ray.get([rank.open_transport.remote(spec) for rank in learners.ranks])
-        return self.transport
+        return kind
 
     def _placement_group(self, bundle: dict[str, float], count: int, placement: str):
         """`count` bundles reserved at once, packed or spread over nodes; None when a bundle asks for nothing (such
@@ -124,15 +122,16 @@ class Cluster:
             raise RuntimeError(f"{count} learner rank(s) of {bundle} each could not be placed in "
                                f"{PLACEMENT_TIMEOUT_S} s: the cluster lacks those resources (see `ray status`); lower "
                                "learner.num_ranks / num_cpus / num_gpus or add nodes")
+        self.groups.append(group)
         return group
 
     def retire(self, learners: LearnerGroup) -> None:
         """Stop a learner group and free its placement group (benchmarks and tests make one after another)."""
         for rank in learners.ranks:
             ray.kill(rank, no_restart=True)
-        group = self.groups.pop(learners.ranks[0]._actor_id, None)
-        if group is not None:
-            remove_placement_group(group)
+        if learners.placement_group is not None:
+            self.groups.remove(learners.placement_group)
+            remove_placement_group(learners.placement_group)
 
     def _track(self, handles: list) -> list:
         self.actors.extend(handles)
@@ -145,7 +144,7 @@ class Cluster:
         for handle in self.actors:
             ray.kill(handle, no_restart=True)
         self.actors.clear()
-        for group in self.groups.values():
+        for group in self.groups:
             remove_placement_group(group)
         self.groups.clear()
         ray.shutdown()

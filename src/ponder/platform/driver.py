@@ -253,8 +253,8 @@ class Loop:
                    lambda: merge_counts([earlier, pipeline.close()]), pipeline.settle)
 
 
-def grpo_step(rollouts: RolloutPool, rewards: RewardPool, learners: LearnerGroup, requests: list, sampling: Sampling, step: int,
-              ledger: Ledger) -> tuple[dict[str, float], list]:
+def grpo_step(rollouts: RolloutPool, rewards: RewardPool, learners: LearnerGroup, requests: list, sampling: Sampling,
+              step: int, ledger: Ledger) -> tuple[dict[str, float], list]:
     """generate → score → train → push, one stage at a time (each timed). Returns metrics and the scored refs."""
     timings: dict[str, float] = {}
     with timed(timings, "generate"):

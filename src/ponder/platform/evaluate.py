@@ -21,8 +21,8 @@ from ponder.platform.pools import RewardPool, RolloutPool
 from ponder.types import Problem, Trajectory
 
 
-def rollout_and_score(rollouts: RolloutPool, rewards: RewardPool, problems: list[Problem], template: str, sampling: Sampling,
-                      seed: int, min_version: int = 0, budget_prompt: str = "") -> list[Trajectory]:
+def rollout_and_score(rollouts: RolloutPool, rewards: RewardPool, problems: list[Problem], template: str,
+                      sampling: Sampling, seed: int, min_version: int = 0, budget_prompt: str = "") -> list[Trajectory]:
     """Generate and score `problems` once every engine serves weights of at least `min_version`; with
     `budget_prompt`, each prompt states the sampling's thinking budget (if it has one)."""
     budget = sampling.thinking.budget if sampling.thinking else None

@@ -36,6 +36,8 @@ def local_nodes(count: int = 2, cpus: int = 3, first: int = 2) -> Iterator[Local
     Stops every node on exit."""
     import ray
 
+    from ponder.platform.cluster import ACTOR_ENV
+
     addresses = [f"127.0.0.{first + i}" for i in range(count)]
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's Unix socket paths must fit 107 bytes
     # Authentication as Ray's own local `ray.init()` sets it up (these are the calls it makes): token mode for this
@@ -62,8 +64,9 @@ def local_nodes(count: int = 2, cpus: int = 3, first: int = 2) -> Iterator[Local
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
             if i == 0:
                 _wait_for_port(addresses[0], gcs, procs[0])
-        ray.init(address=f"{addresses[0]}:{gcs}", _node_ip_address=addresses[0], configure_logging=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}})
+        ray.init(address=f"{addresses[0]}:{gcs}", _node_ip_address=addresses[0], configure_logging=False,
+                 log_to_driver=False,
+                 runtime_env={"env_vars": ACTOR_ENV})
         deadline = time.monotonic() + 120
         while len(alive := [n for n in ray.nodes() if n["Alive"]]) < count:
             if time.monotonic() > deadline:

@@ -208,8 +208,8 @@ class LearnerGroup:
     """The learner's ranks as one (`Cluster.learner_group` makes it). Every call goes to every rank, as DeepSpeed's
     collectives need, and returns rank 0's answer; a rank's death raises `LearnerLost` at once (`on_learners`)."""
 
-    def __init__(self, ranks: list):
-        self.ranks = ranks
+    def __init__(self, ranks: list, placement_group=None):
+        self.ranks, self.placement_group = ranks, placement_group  # the group is removed with it (Cluster.retire)
 
     def train(self, *batches) -> dict[str, float]:
         """One optimizer step on these scored batches (refs); the step's metrics."""

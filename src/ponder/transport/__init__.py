@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 from ponder.transport.base import WeightReceiver, WeightsIntegrityError, WeightSender, node_address, this_node
 
-__all__ = ["TransportError", "TransportSpec", "WeightReceiver", "WeightSender", "WeightsIntegrityError", "choose", "engine_options", "node_address", "open_receiver",
-           "open_sender", "preselect", "reads_state", "this_node"]
+__all__ = ["TransportError", "TransportSpec", "WeightReceiver", "WeightSender", "WeightsIntegrityError", "choose",
+           "engine_options", "node_address", "open_receiver", "open_sender", "preselect", "reads_state", "this_node"]
 
 
 class TransportError(ValueError):

@@ -12,6 +12,7 @@ below the cost of the copy it guards); a mismatch raises `WeightsIntegrityError`
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 from pathlib import Path
 from typing import Any, Mapping, Optional, Protocol
@@ -68,6 +69,12 @@ def write_version(directory: Path, data, handle_version: int, checksum: str) -> 
     with (directory / WEIGHTS_FILE).open("wb") as f:
         f.write(data)
     (directory / MANIFEST_FILE).write_text(json.dumps({"version": handle_version, "checksum": checksum}))
+
+
+def prune_versions(root: Path, keep: int) -> None:
+    """Remove all but the newest `keep` per-version directories (`v00000012`, …) under `root`."""
+    for old in sorted(p for p in root.glob("v*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def check(handle: WeightsVersion, actual: str, where: str) -> None:

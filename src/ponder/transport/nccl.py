@@ -8,7 +8,8 @@ our rollout actors, so the control plane goes through Ray and the bytes through 
 
 Integrity: NCCL carries no checksum; the version is stamped on the engines at `finish_weight_update`, and the
 receiver's `fetch` returns None (the weights are already in the engine), after which the rollout actor checks that
-the engine serves the handle's version (the CPU paths' checksum has no equivalent here yet). ZeRO-3 is not supported on this path (parameters are partitioned; the config refuses the combination).
+the engine serves the handle's version (the CPU paths' checksum has no equivalent here yet). ZeRO-3 is not supported
+on this path (parameters are partitioned; the config refuses the combination).
 
 This module needs CUDA, vLLM's CUDA build and NCCL; it is exercised by tests marked `gpu` and cannot run on the CPU
 machines the rest of the suite runs on.

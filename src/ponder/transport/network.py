@@ -17,7 +17,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from ponder.transport.base import check, digest, encode, write_version
+from ponder.transport.base import check, digest, encode, prune_versions, write_version
 from ponder.types import WeightsVersion
 
 
@@ -53,8 +53,7 @@ class NetworkReceiver:
         directory = self.root / f"v{handle.version:08d}"
         shutil.rmtree(directory, ignore_errors=True)
         write_version(directory, data, handle.version, handle.checksum)
-        for old in sorted(p for p in self.root.iterdir() if p.is_dir())[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_versions(self.root, self.keep)
         return directory
 
     def close(self) -> None:

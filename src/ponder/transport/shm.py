@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ponder.transport.base import MANIFEST_FILE, WEIGHTS_FILE, WeightsIntegrityError, check, digest, encode, \
-    file_digest, write_version
+    file_digest, prune_versions, write_version
 from ponder.types import WeightsVersion
 
 
@@ -33,8 +33,7 @@ class ShmSender:
         write_version(staging, data, version, checksum)
         shutil.rmtree(final, ignore_errors=True)
         os.rename(staging, final)  # atomic: a receiver never sees a half-written version
-        for old in sorted(p for p in self.root.glob("v*") if p.is_dir())[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_versions(self.root, self.keep)
         return WeightsVersion(version, "shm", str(final), checksum, len(data), tensors)
 
     def close(self) -> None:
