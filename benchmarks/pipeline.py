@@ -43,7 +43,7 @@ from ponder.data.stream import PromptStream, make_requests
 from ponder.data.tiny_model import build_tiny_model
 from ponder.platform.cluster import Cluster
 from ponder.platform.config import TinyModelConfig, load_config
-from ponder.platform.driver import grpo_step, streaming_step
+from ponder.platform.steps import grpo_step, streaming_step
 from ponder.platform.pools import RewardPool, RolloutPool
 from ponder.platform.pipeline import Schedule, StreamingRollouts
 
@@ -96,8 +96,8 @@ class Bench:
         prompts, schedule, ledger, pipeline = prompt_source(self.args, self.problems), MODES[mode], Ledger(), None
         if schedule is not None:
             buffer = self.cluster.buffer(schedule.max_staleness, False)
-            pipeline = StreamingRollouts(schedule, prompts, RolloutPool(self.rollouts, 0), RewardPool(self.rewards, 0),
-                                         buffer, self.sampling, self.args.prompts)
+            pipeline = StreamingRollouts.on_ray(schedule, prompts, RolloutPool(self.rollouts, 0),
+                                                RewardPool(self.rewards, 0), buffer, self.sampling, self.args.prompts)
 
         def step_fn(step: int):
             if pipeline is None:

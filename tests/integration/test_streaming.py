@@ -19,7 +19,7 @@ from ponder.data.datasets import load_problems
 from ponder.data.stream import PromptStream, make_requests
 from ponder.platform.cluster import Cluster
 from ponder.platform.config import load_config
-from ponder.platform.driver import grpo_step, streaming_step
+from ponder.platform.steps import grpo_step, streaming_step
 from ponder.platform.pools import RewardPool, RolloutPool
 from ponder.platform.pipeline import PipelineError, Schedule, StreamingRollouts
 
@@ -65,8 +65,8 @@ def prompt_source(cluster):
 
 def streaming(cluster, schedule: Schedule, dynamic_sampling: bool = False, sampling: Sampling = SAMPLING):
     buffer = cluster.buffer(schedule.max_staleness, dynamic_sampling)
-    return StreamingRollouts(schedule, prompt_source(cluster), RolloutPool(cluster.rollouts, 0),
-                             RewardPool(cluster.rewards, 0), buffer, sampling, PROMPTS)
+    return StreamingRollouts.on_ray(schedule, prompt_source(cluster), RolloutPool(cluster.rollouts, 0),
+                                    RewardPool(cluster.rewards, 0), buffer, sampling, PROMPTS)
 
 
 def contents(refs) -> list[tuple]:

@@ -10,9 +10,11 @@ The buffer owns the streaming pipeline's accounting (`Ledger`): every generated 
 reason — `stale` (older than `max_staleness` versions when its step came), `zero_variance` (dynamic sampling: all
 rewards equal, so zero advantage), `reward_error` (a failed reward masked it), `run_ended` (still here at the end).
 It is bounded by the producer's credit (platform/pipeline.py): no more than (max_staleness + 2) steps of groups are
-ever alive. A threaded actor (Ray is applied in platform/cluster.py); a reward that raised surfaces from `take`. A group
-whose reward actor died while scoring it is scored again once Ray has restarted the actor (`ft/groups_rescored`); a
-group put twice (an engine's re-issued work that had arrived after all) is counted once.
+ever alive. `Staleness` is the one staleness rule: the buffer drops by it, the pipeline starts batches by it. A threaded
+actor (Ray is applied in platform/cluster.py); a reward that raised surfaces from `take`. A group whose reward actor
+died while scoring it is scored again once Ray has restarted the actor (`ft/groups_rescored`); a group put twice (an
+engine's re-issued work that had arrived after all) is counted once. The buffer reaches the reward actors only through
+its `Scoring` (Ray's by default), so its admission, drop and rescore rules run in a unit test without Ray.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Optional, Protocol
 
 from ponder.types import GroupMeta, ScoreReport
 
@@ -77,6 +80,52 @@ class Ledger:
         return out
 
 
+@dataclass(frozen=True)
+class Staleness:
+    """The staleness rule. Training step k runs on the learner's version k - 1; a group's staleness at step k is how
+    many versions the oldest weights that sampled any of its tokens lag behind that; a group may train at step k only
+    if its staleness is at most `bound`.
+
+    >>> rule = Staleness(bound=1)
+    >>> rule.oldest_weights(step=5), rule.admits(GroupMeta(0, 4, 3, 4, 10), step=5), rule.of(GroupMeta(0, 4, 2, 4, 10), 5)
+    (3, True, 2)
+    """
+
+    bound: int
+
+    def of(self, meta: GroupMeta, step: int) -> int:
+        return (step - 1) - meta.min_version
+
+    def admits(self, meta: GroupMeta, step: int) -> bool:
+        return self.of(meta, step) <= self.bound
+
+    def oldest_weights(self, step: int) -> int:
+        """The oldest weights a group may start on if it is to be trained at `step`."""
+        return max(0, step - 1 - self.bound)
+
+
+class Scoring(Protocol):
+    """How the buffer has groups scored: `submit` asks a reward actor (returns two refs: the scored group and its
+    ScoreReport); `wait` returns, of the given report refs, those finished within `wait_s` with their value, None for
+    one whose reward actor died (a reward function's exception is raised)."""
+
+    def submit(self, reward, group: list) -> tuple: ...
+
+    def wait(self, reports: list, wait_s: float) -> dict: ...
+
+
+class RayScoring:
+    def submit(self, reward, group: list) -> tuple:
+        return tuple(reward.score.options(num_returns=2).remote(group))
+
+    def wait(self, reports: list, wait_s: float) -> dict:
+        import ray
+
+        ray.wait(reports, num_returns=1, timeout=wait_s, fetch_local=False)
+        done, _ = ray.wait(reports, num_returns=len(reports), timeout=0)
+        return {ref: _report(ref) for ref in done}
+
+
 @dataclass
 class Batch:
     """One training step's groups, as refs to scored trajectory lists, sorted by group id, with their metadata."""
@@ -87,8 +136,9 @@ class Batch:
 
 
 class TrajectoryBuffer:
-    def __init__(self, max_staleness: int, dynamic_sampling: bool):
-        self.max_staleness, self.dynamic_sampling = max_staleness, dynamic_sampling
+    def __init__(self, max_staleness: int, dynamic_sampling: bool, scoring: Optional[Scoring] = None):
+        self.staleness, self.dynamic_sampling = Staleness(max_staleness), dynamic_sampling
+        self.scoring = scoring or RayScoring()
         self.ledger = Ledger()
         self._lock = threading.Lock()
         self._scoring: list[_Scoring] = []  # asked to be scored, not yet back
@@ -103,7 +153,7 @@ class TrajectoryBuffer:
                 return  # re-issued after its engine was restarted, but the first one had arrived: keep one
             self._delivered.add(meta.group_id)
             self.ledger.generated(meta.num_samples)
-            self._scoring.append(_Scoring(meta, group, reward))
+            self._scoring.append(_Scoring(self.scoring, meta, group, reward))
 
     def delivered(self, group_ids: list[int]) -> set[int]:
         """Which of these groups reached the buffer (a restarted engine's others are generated again)."""
@@ -117,9 +167,9 @@ class TrajectoryBuffer:
         while True:
             self._collect_scored(wait_s=min(0.05, max(0.0, deadline - time.monotonic())))
             with self._lock:
-                for meta, _, _ in [g for g in self._ready if self.staleness(g[0], step) > self.max_staleness]:
+                for meta, _, _ in [g for g in self._ready if not self.staleness.admits(g[0], step)]:
                     self.ledger.dropped("stale", meta.num_samples)
-                self._ready = [g for g in self._ready if self.staleness(g[0], step) <= self.max_staleness]
+                self._ready = [g for g in self._ready if self.staleness.admits(g[0], step)]
                 if len(self._ready) >= num_groups:
                     # Oldest weights first (arrival order among equals): the group closest to the bound is trained
                     # before a fresher one that finished earlier, instead of going stale behind it.
@@ -129,16 +179,11 @@ class TrajectoryBuffer:
             if time.monotonic() >= deadline:
                 return None
 
-    @staticmethod
-    def staleness(meta: GroupMeta, step: int) -> int:
-        """Versions between the oldest weights that sampled any token of the group and the weights training on it."""
-        return (step - 1) - meta.min_version
-
     def _batch(self, taken: list, step: int) -> Batch:
         taken.sort(key=lambda g: g[0].group_id)
         for meta, _, report in taken:
             self.ledger.trained(meta.num_samples, masked=report.masked)
-        stale = [self.staleness(meta, step) for meta, _, _ in taken]
+        stale = [self.staleness.of(meta, step) for meta, _, _ in taken]
         metrics = {"pipeline/staleness_mean": sum(stale) / len(stale), "pipeline/staleness_max": float(max(stale)),
                    "pipeline/buffered_groups": float(len(self._ready)),
                    "pipeline/scoring_groups": float(len(self._scoring)), "ft/groups_rescored": float(self.rescored),
@@ -150,8 +195,6 @@ class TrajectoryBuffer:
     def _collect_scored(self, wait_s: float) -> None:
         """Move groups whose reward has arrived to the ready list (or drop them: dynamic sampling); score again those
         whose reward actor died."""
-        import ray
-
         with self._lock:
             for g in self._scoring:
                 g.resubmit_if_due()
@@ -159,9 +202,7 @@ class TrajectoryBuffer:
         if not pending:
             time.sleep(wait_s)
             return
-        ray.wait(pending, num_returns=1, timeout=wait_s, fetch_local=False)
-        done, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
-        reports = {ref: _report(ref) for ref in done}  # a reward function's exception surfaces here, with its cause
+        reports = self.scoring.wait(pending, wait_s)  # a reward function's exception surfaces here, with its cause
         with self._lock:
             still = []
             for g in self._scoring:
@@ -206,10 +247,10 @@ class TrajectoryBuffer:
 class _Scoring:
     """A group being scored: its refs, and what it takes to ask again (no sooner than a second after a failure)."""
 
-    def __init__(self, meta: GroupMeta, group: list, reward):
-        self.meta, self.group, self.reward, self.since = meta, group, reward, time.monotonic()
-        self.retry_at = 0.0
-        self.scored, self.report = self.reward.score.options(num_returns=2).remote(self.group)
+    def __init__(self, scoring: Scoring, meta: GroupMeta, group: list, reward):
+        self.scoring, self.meta, self.group, self.reward = scoring, meta, group, reward
+        self.since, self.retry_at = time.monotonic(), 0.0
+        self.scored, self.report = scoring.submit(reward, group)
 
     def score_again(self) -> None:
         self.scored, self.report = None, None
@@ -217,7 +258,7 @@ class _Scoring:
 
     def resubmit_if_due(self) -> None:
         if self.report is None and time.monotonic() >= self.retry_at:
-            self.scored, self.report = self.reward.score.options(num_returns=2).remote(self.group)
+            self.scored, self.report = self.scoring.submit(self.reward, self.group)
 
 
 def _report(ref) -> ScoreReport | None:

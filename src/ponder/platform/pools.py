@@ -203,6 +203,12 @@ class RewardPool:
         """(scored trajectory-list refs, ScoreReports) in the order of `generated`."""
         return self.fanout.run(lambda actor, ref: tuple(actor.score.options(num_returns=2).remote(ref)), generated)
 
+    def observe(self, scorers: list[tuple[object, int]]) -> None:
+        """(reward actor, the process that answered it last), as the trajectory buffer saw them: restarts are counted
+        as if the pool had called the actors itself."""
+        for actor, pid in scorers:
+            self.fanout.observe(self.actors.index(actor), pid)
+
 
 class LearnerGroup:
     """The learner's ranks as one (`Cluster.learner_group` makes it). Every call goes to every rank, as DeepSpeed's
