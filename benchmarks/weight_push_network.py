@@ -2,7 +2,7 @@
 same bytes on the same link.
 
 Two Ray nodes on this machine with their own loopback addresses (127.0.0.2 and 127.0.0.3, `ponder.platform.
-local_nodes`); an actor on each. One push = `NetworkSender.publish` on the first node (safetensors blob, XXH3-128,
+local_nodes`); an actor on each. One push = `NetworkSender.publish` on the first node (safetensors file parts, XXH3-128,
 `ray.put`) then `NetworkReceiver.fetch` on the second (pull to its node, XXH3-128 check, write to its /dev/shm for the
 engine's reload) — everything up to the engine's reload, which costs the same for every transport (B3's shared-memory
 table has it). The baseline: the same number of bytes sent over one TCP connection between the two addresses

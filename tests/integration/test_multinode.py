@@ -69,11 +69,10 @@ def test_learner_ranks_on_two_nodes_and_weights_over_the_network(two_nodes, tiny
         ours = ray.get(learners.ranks[0].forward_logprobs.remote(fresh[0].prompt_ids, fresh[0].response_ids))
         assert max(abs(a - b) for a, b in zip(ours, fresh[0].logprobs)) < LOGPROB_TOLERANCE
         # bytes that are not the published ones (corrupted on the way) are refused; the engine keeps version 1
-        corrupted = bytearray(ray.get(handle.location).tobytes())
-        corrupted[-10] ^= 0xFF
+        corrupted = [part.copy() if isinstance(part, np.ndarray) else part for part in ray.get(handle.location)]
+        corrupted[-1][-10] ^= 0xFF
         with pytest.raises(ray.exceptions.RayTaskError, match="does not match the published"):
-            ray.get(rollout.load_weights.remote(replace(handle, version=5, location=ray.put(np.frombuffer(
-                bytes(corrupted), dtype=np.uint8)))))
+            ray.get(rollout.load_weights.remote(replace(handle, version=5, location=ray.put(corrupted))))
         assert ray.get(rollout.stats.remote())["version"] == 1
 
         # a checkpoint each rank uploads from its own node; training on from it twice gives the same weights

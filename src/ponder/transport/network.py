@@ -1,8 +1,9 @@
 """Weights over the network: through Ray's object store, for engines on other nodes than learner rank 0 (no shared
 filesystem needed).
 
-The sender puts the blob in its node's object store once; each receiver's `ray.get` pulls it to its own node (Ray's
-object manager moves it once per node, in parallel chunks) and reads it there without a copy. The receiver checks it
+The sender puts the weights file's parts (`Blob`: the header and each tensor's bytes) in its node's object store,
+one copy; each receiver's `ray.get` pulls them to its own node (Ray's object manager moves them once per node, in
+parallel chunks) and reads them there without a copy. The receiver checks it
 against the handle's checksum, then writes it into a per-version directory of its own node's shared memory for the
 engine to reload from (a memory copy; the bytes on the wire are the ones checked). The sender keeps the last `keep`
 versions alive; the driver's handle keeps the newest alive for an engine that Ray restarts elsewhere.
@@ -17,7 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from ponder.transport.base import check, digest, encode, prune_versions, write_version
+from ponder.transport.base import Blob, check, digest, prune_versions, write_version
 from ponder.types import WeightsVersion
 
 
@@ -26,13 +27,12 @@ class NetworkSender:
         self.kept: deque = deque(maxlen=keep)
 
     def publish(self, version: int, state: Optional[Mapping[str, Any]]) -> WeightsVersion:
-        import numpy as np
         import ray
 
-        data, tensors = encode(state or {}, version)
-        ref = ray.put(np.frombuffer(data, dtype=np.uint8))  # a numpy array: receivers read it in place
+        blob = Blob(state or {}, version)
+        ref = ray.put(blob.parts)  # the header and one array per tensor: copied once, read in place by receivers
         self.kept.append(ref)
-        return WeightsVersion(version, "network", ref, digest(data), len(data), tensors)
+        return WeightsVersion(version, "network", ref, blob.checksum, blob.size, blob.tensors)
 
     def close(self) -> None:
         self.kept.clear()
@@ -48,11 +48,11 @@ class NetworkReceiver:
     def fetch(self, handle: WeightsVersion) -> Path:
         import ray
 
-        data = ray.get(handle.location)
-        check(handle, digest(data), f"weights version {handle.version} from the object store")
+        parts = ray.get(handle.location)
+        check(handle, digest(parts), f"weights version {handle.version} from the object store")
         directory = self.root / f"v{handle.version:08d}"
         shutil.rmtree(directory, ignore_errors=True)
-        write_version(directory, data, handle.version, handle.checksum)
+        write_version(directory, parts, handle.version, handle.checksum)
         prune_versions(self.root, self.keep)
         return directory
 
