@@ -90,6 +90,7 @@ bench-trl: setup bench-trl-setup
 
 config-reference: setup
 	$(BIN)/python -m ponder.platform.config_reference > docs/config.md
+	$(BIN)/python -m ponder.platform.config_reference --chart-schema helm/ponder/values.schema.json
 
 clean:
 	rm -rf artifacts outputs mlruns

@@ -27,7 +27,7 @@ import jsonschema
 import pytest
 import yaml
 
-from ponder.platform.config import ConfigError, load_config
+from ponder.platform.config import load_config
 from ponder.rewards.critic import with_defaults
 from ponder.transport import choose, preselect
 
@@ -56,6 +56,13 @@ BAD_VALUES = {
     "extra argument unpins a pool": {"job": {"extraArgs": ["reward.resources.ponder_reward=0"]}},
     "custom resource set by hand": {"reward": {"rayStartParams": {"resources": "'{\"ponder_reward\":9}'"}}},
     "critic group without Ray CPUs": {"critic": {"replicas": 1, "cpus": 0}},
+    # the Ponder config itself, by Ponder's schema (generated into values.schema.json)
+    "typo in a Ponder config key": {"config": {"rollout": {"samples_per_promt": 4}}},
+    "unknown Ponder config section": {"config": {"rollouts": {"samples_per_prompt": 4}}},
+    "Ponder config value of the wrong type": {"config": {"trainer": {"steps": "many"}}},
+    "Ponder config value out of range": {"config": {"rollout": {"top_p": 1.5}}},
+    "Ponder config choice that does not exist": {"config": {"pipeline": {"mode": "overlapped"}}},
+    "typo inside a reward function": {"config": {"reward": {"functions": [{"name": "math", "wieght": 1}]}}},
 }
 POOLS = ("rollout", "learner", "reward")
 # Two critics on one GPU critic pod: a reward model on the GPU, a judge on CPU (each is one actor).
@@ -435,10 +442,28 @@ def test_shared_memory_weight_sync_refuses_the_install(helm_config):
         render(helm_config, {"config": {"rollout": {"weight_sync": "shm"}}})
 
 
-def test_an_unknown_key_in_the_shipped_config_is_caught(helm_config, tmp_path):
-    objects, _ = render(helm_config, {"config": {"rollout": {"samples_per_promt": 4}}})
-    with pytest.raises(ConfigError, match="did you mean 'rollout.samples_per_prompt'"):
-        load_config([str(shipped_config(objects, tmp_path))], entrypoint_items(one(objects, "RayJob"))[1])
+def test_a_bad_ponder_config_is_refused_at_install_naming_the_key(helm_config):
+    """Before any object (and any GPU pod) is created, not on the cluster after a retry or six."""
+    with pytest.raises(helm_sdkpy.InstallError, match="samples_per_promt"):
+        render(helm_config, BAD_VALUES["typo in a Ponder config key"])
+    with pytest.raises(helm_sdkpy.InstallError, match="top_p"):
+        render(helm_config, BAD_VALUES["Ponder config value out of range"])
+
+
+def test_the_chart_checks_the_config_with_the_current_schema():
+    from ponder.platform.config_reference import json_schema
+
+    assert values_schema()["properties"]["config"]["allOf"][0] == json_schema(), "run `make config-reference`"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_passes_the_chart_schema(path):
+    """The generated schema refuses nothing Ponder accepts: each config in configs/ loads and passes it."""
+    from ponder.platform.config_reference import json_schema
+
+    load_config([str(path)], [])
+    assert [e.message for e in jsonschema.Draft7Validator(json_schema()).iter_errors(
+        yaml.safe_load(path.read_text()))] == []
 
 
 def test_install_refuses_bad_values_with_a_message(helm_config):
@@ -487,3 +512,23 @@ def test_ray_cluster_launcher_config_matches_rays_schema():
     pinned = {name: [k for k in t["resources"] if k.startswith("ponder_")] for name, t in nodes.items()}
     assert pinned == {"head": [], "rollout": ["ponder_rollout"], "learner": ["ponder_learner"],
                       "reward": ["ponder_reward"]}
+
+
+def test_cluster_mode_notes_submit_a_config_the_submitting_machine_has(helm_config, tmp_path, monkeypatch):
+    """The NOTES' two commands, run as a user would from a checkout: the config is fetched from the release's
+    ConfigMap into a file there, and `ponder submit`'s own local check accepts that file with the printed overrides."""
+    from ponder.platform.cli import build_parser
+
+    objects, notes = render(helm_config, {"mode": "cluster"})
+    fetch = next(line.strip() for line in notes.splitlines() if line.strip().startswith("kubectl") and "configmap" in line)
+    submit = next(line.strip() for line in notes.splitlines() if line.strip().startswith("ponder submit"))
+    configmap = one(objects, "ConfigMap")
+    assert f"get configmap {configmap['metadata']['name']} " in fetch
+    assert shlex.split(fetch)[-2:] == [">", "ponder-release.yaml"] and "{.data.config\\.yaml}" in fetch
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ponder-release.yaml").write_text(configmap["data"]["config.yaml"])  # what the jsonpath prints
+    args = build_parser().parse_args(shlex.split(submit)[1:])
+    files = [i for i in args.items if "=" not in i]
+    assert files == ["ponder-release.yaml"] and not any(i.startswith("/") for i in args.items)
+    cfg = load_config(files, [i for i in args.items if "=" in i])
+    assert cfg.cluster.address == "auto" and cfg.checkpoint.dir == defaults()["checkpoint"]["dir"]

@@ -1,8 +1,13 @@
-"""Writes docs/config.md from the schema: `python -m ponder.platform.config_reference > docs/config.md`."""
+"""Views of the schema for people and for tools: docs/config.md (`python -m ponder.platform.config_reference >
+docs/config.md`) and the JSON Schema of a config file, which `--chart-schema helm/ponder/values.schema.json` writes
+into the Helm chart so that `helm install` refuses a misspelt key, a wrong type or an out-of-range value in its
+`config` block before anything is created (`make config-reference` does both)."""
 
 from __future__ import annotations
 
 import inspect
+import json
+import sys
 from dataclasses import fields, is_dataclass
 
 from ponder.platform.config import PonderConfig
@@ -39,7 +44,63 @@ def render(cls=PonderConfig, prefix: str = "") -> list[str]:
     return lines
 
 
+_JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
+
+
+def json_schema(cls=PonderConfig) -> dict:
+    """A config file's JSON Schema: every section and key (no others), each value's type and its `valid` range.
+    Cross-field rules are not expressible here; they are checked when Ponder loads the config."""
+    properties = {}
+    for f in fields(cls):
+        default = field_default(f)
+        properties[f.name] = json_schema(type(default)) if is_dataclass(default) else _value_schema(f)
+    return {"type": "object", "additionalProperties": False, "properties": properties}
+
+
+def _value_schema(f) -> dict:
+    kind, nullable = f.type, f.type.startswith("Optional[")
+    kind = kind.removeprefix("Optional[").removesuffix("]") if nullable else kind
+    if kind in _JSON_TYPES:
+        out: dict = {"type": _JSON_TYPES[kind]}
+    elif kind == "list[int]":
+        out = {"type": "array", "items": {"type": "integer"}}
+    elif kind == "dict[str, float]":
+        out = {"type": "object", "additionalProperties": {"type": "number"}}
+    elif kind == "list[RewardSpec]":
+        from ponder.platform.config import RewardSpec
+
+        out = {"type": "array", "items": json_schema(RewardSpec)}
+    elif kind == "dict[str, Any]":
+        out = {"type": "object"}
+    else:
+        raise TypeError(f"no JSON Schema for {f.name}: {f.type}; add it to config_reference._value_schema")
+    valid = f.metadata.get("valid")
+    if valid is not None and valid.choices:
+        out["enum"] = list(valid.choices)
+    elif valid is not None:
+        if valid.lo is not None:
+            out["exclusiveMinimum" if valid.lo_open else "minimum"] = valid.lo
+        if valid.hi is not None:
+            out["maximum"] = valid.hi
+    if nullable:
+        out = {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
+def update_chart_schema(path: str) -> None:
+    """Write `json_schema()` into a Helm chart's values.schema.json as the first rule of its `config` block (the rest
+    are the chart's own rules)."""
+    with open(path) as f:
+        values = json.load(f)
+    values["properties"]["config"]["allOf"][0] = json_schema()
+    with open(path, "w") as f:
+        f.write(json.dumps(values, indent=2) + "\n")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--chart-schema"]:
+        update_chart_schema(sys.argv[2])
+        return
     print("# Configuration reference\n")
     print("Generated from `src/ponder/platform/config.py` by `make config-reference`; do not edit by hand. YAML files"
           " in `configs/` and `key=value` arguments override these defaults. A value outside its `valid` range fails"
