@@ -56,6 +56,7 @@ BAD_VALUES = {
     "extra argument unpins a pool": {"job": {"extraArgs": ["reward.resources.ponder_reward=0"]}},
     "custom resource set by hand": {"reward": {"rayStartParams": {"resources": "'{\"ponder_reward\":9}'"}}},
     "critic group without Ray CPUs": {"critic": {"replicas": 1, "cpus": 0}},
+    "shared memory in a unit the chart does not size from": {"rollout": {"shmSize": "8G"}},
     # the Ponder config itself, by Ponder's schema (generated into values.schema.json)
     "typo in a Ponder config key": {"config": {"rollout": {"samples_per_promt": 4}}},
     "unknown Ponder config section": {"config": {"rollouts": {"samples_per_prompt": 4}}},
@@ -532,3 +533,27 @@ def test_cluster_mode_notes_submit_a_config_the_submitting_machine_has(helm_conf
     assert files == ["ponder-release.yaml"] and not any(i.startswith("/") for i in args.items)
     cfg = load_config(files, [i for i in args.items if "=" in i])
     assert cfg.cluster.address == "auto" and cfg.checkpoint.dir == defaults()["checkpoint"]["dir"]
+
+
+def shm_bytes(size: str) -> int:
+    number, unit = size[:-2], size[-2:]
+    return int(number) * {"Mi": 2 ** 20, "Gi": 2 ** 30}[unit]
+
+
+@pytest.mark.parametrize("path", [None, *EXAMPLES], ids=lambda p: p.name if p else "defaults")
+def test_rays_object_store_fits_each_pods_shared_memory(helm_config, path):
+    """Ray sizes its object store from the pod's memory and, when /dev/shm is smaller, puts it on disk: the chart
+    gives every group an object store of 3/5 of its own /dev/shm."""
+    spec = one(render(helm_config, example(path) if path else None)[0], "RayJob")["spec"]["rayClusterSpec"]
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        (shm,) = [v["emptyDir"]["sizeLimit"] for v in group["template"]["spec"]["volumes"] if v["name"] == "dshm"]
+        store = group["rayStartParams"]["object-store-memory"]
+        assert isinstance(store, str) and int(store) == shm_bytes(shm) * 3 // 5, group.get("groupName", "head")
+
+
+def test_an_object_store_set_larger_than_shared_memory_refuses_the_install(helm_config):
+    fits = {"reward": {"shmSize": "1Gi", "rayStartParams": {"object-store-memory": str(2 ** 29)}}}
+    groups, _, _ = groups_and_config(helm_config, fits)
+    assert groups["reward"]["rayStartParams"]["object-store-memory"] == str(2 ** 29)  # the user's value wins
+    with pytest.raises(helm_sdkpy.InstallError, match="reward.rayStartParams.object-store-memory .* does not fit"):
+        render(helm_config, {"reward": {"shmSize": "1Gi", "rayStartParams": {"object-store-memory": str(2 ** 31)}}})

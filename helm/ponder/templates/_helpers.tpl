@@ -151,7 +151,7 @@ ponder.criticChecks), what the actors reserve on CPU-only pools, `cpus` on the c
 {{- if gt $gpus 0 -}}
 {{- $_ := set $params "num-gpus" (toString $gpus) -}}
 {{- end -}}
-{{- toYaml (mustMergeOverwrite $params $p.rayStartParams) -}}
+{{- include "ponder.withObjectStore" (dict "params" $params "given" $p.rayStartParams "shmSize" $p.shmSize "group" .group) -}}
 {{- end -}}
 
 {{/* Credentials for the trusted pods (head, rollout, learner). Isolated reward pods run model-written code: none. */}}
@@ -264,6 +264,29 @@ spec:
   {{- end }}
 {{- end -}}
 
+{{/*
+Ray's object store lives in /dev/shm; one larger than the pod's /dev/shm makes Ray fall back to disk (/tmp) with only a
+warning, and Ray sizes it from the pod's memory, not from /dev/shm. So the chart sizes it from `shmSize`: 3/5 of it,
+the rest for vLLM's and NCCL's buffers and the weight files a CPU engine reloads from. Bytes, as a string.
+*/}}
+{{- define "ponder.objectStoreMemory" -}}
+{{- $number := regexFind "^[0-9]+" . -}}
+{{- $unit := ternary 1073741824 1048576 (hasSuffix "Gi" .) -}}
+{{- div (mul (int64 $number) $unit 3) 5 -}}
+{{- end -}}
+
+{{/* A group's rayStartParams with the object store sized from its shmSize; one set by hand must fit in it. */}}
+{{- define "ponder.withObjectStore" -}}
+{{- $params := .params -}}{{- $shm := .shmSize -}}
+{{- $sized := include "ponder.objectStoreMemory" $shm -}}
+{{- $given := get (default dict .given) "object-store-memory" -}}
+{{- if and $given (gt (int64 $given) (div (mul (int64 $sized) 5) 3)) -}}
+{{- fail (printf "%s.rayStartParams.object-store-memory (%s bytes) does not fit in %s.shmSize (%s): Ray would put the object store on disk; raise shmSize or lower it" .group $given .group $shm) -}}
+{{- end -}}
+{{- $_ := set $params "object-store-memory" $sized -}}
+{{- toYaml (mustMergeOverwrite $params (default dict .given)) -}}
+{{- end -}}
+
 {{/* The RayCluster spec, shared by the RayJob (mode: job) and the RayCluster (mode: cluster). */}}
 {{- define "ponder.rayClusterSpec" -}}
 {{- $root := . -}}
@@ -272,7 +295,7 @@ rayVersion: {{ .Values.rayVersion | quote }}
 enableInTreeAutoscaling: false
 headGroupSpec:
   rayStartParams:
-    {{- toYaml (mustMergeOverwrite (dict "num-cpus" "0" "dashboard-host" "0.0.0.0") .Values.head.rayStartParams) | nindent 4 }}
+    {{- include "ponder.withObjectStore" (dict "params" (dict "num-cpus" "0" "dashboard-host" "0.0.0.0") "given" .Values.head.rayStartParams "shmSize" .Values.head.shmSize "group" "head") | nindent 4 }}
   template:
     {{- include "ponder.rayPodTemplate" (dict "root" $root "group" "head" "pool" .Values.head) | nindent 4 }}
 workerGroupSpecs:
