@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import gzip
 import json
@@ -57,6 +58,9 @@ BAD_VALUES = {
     "custom resource set by hand": {"reward": {"rayStartParams": {"resources": "'{\"ponder_reward\":9}'"}}},
     "critic group without Ray CPUs": {"critic": {"replicas": 1, "cpus": 0}},
     "shared memory in a unit the chart does not size from": {"rollout": {"shmSize": "8G"}},
+    "a Ray port set by hand (the NetworkPolicy names the chart's)": {"reward": {"rayStartParams": {
+        "object-manager-port": "9000"}}},
+    "DNS pods in no namespace": {"reward": {"networkPolicy": {"dns": {"namespace": ""}}}},
     # the Ponder config itself, by Ponder's schema (generated into values.schema.json)
     "typo in a Ponder config key": {"config": {"rollout": {"samples_per_promt": 4}}},
     "unknown Ponder config section": {"config": {"rollouts": {"samples_per_prompt": 4}}},
@@ -423,6 +427,60 @@ def test_reward_pods_get_no_credentials_and_a_locked_down_container(helm_config)
                                                            "capabilities": {"drop": ["ALL"]}}
     policy = one(objects, "NetworkPolicy")
     assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "reward"
+
+
+@pytest.mark.parametrize("path", [None, *EXAMPLES], ids=lambda p: p.name if p else "defaults")
+def test_reward_pods_reach_only_rays_ports_and_the_cluster_dns(helm_config, path):
+    """Every egress rule names both where and which ports: Ray's GCS, object and node managers and worker ports on
+    the release's Ray pods, which every Ray pod is started with; DNS only to the DNS pods. Not the dashboard (8265),
+    the client port (10001) or anything outside."""
+    values = coalesce(defaults(), example(path) if path else {})
+    objects, _ = render(helm_config, example(path) if path else None)
+    rules = one(objects, "NetworkPolicy")["spec"]["egress"]
+    assert all(rule.get("to") and rule.get("ports") for rule in rules)  # no rule open to anywhere or on any port
+    ray_rule, dns_rule = rules
+    (ray_pods,) = ray_rule["to"]
+    assert set(ray_pods) == {"podSelector"}  # this namespace, this release's pods
+    assert ray_pods["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "ponder"
+    assert ray_pods["podSelector"]["matchExpressions"][0]["values"] == ["head", *POOLS, "critic"]  # not mlflow
+
+    def allowed(port: int) -> bool:
+        return any(p["protocol"] == "TCP" and p["port"] <= port <= p.get("endPort", p["port"])
+                   for p in ray_rule["ports"])
+
+    assert [port for port in (6379, 8076, 8077, 10002, 19999) if not allowed(port)] == []
+    assert [port for port in (8265, 10001, 52365, 8080, 5000, 22) if allowed(port)] == []
+    spec = one(objects, "RayJob")["spec"]["rayClusterSpec"]
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        params = group["rayStartParams"]
+        ports = [int(params[k]) for k in ("object-manager-port", "node-manager-port", "min-worker-port",
+                                          "max-worker-port")]
+        assert all(allowed(port) for port in ports) and allowed(int(params.get("port", 6379)))
+    dns = values["reward"]["networkPolicy"]["dns"]
+    assert dns_rule["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": dns["namespace"]}},
+                               "podSelector": {"matchLabels": dns["podLabels"]}}]
+    assert sorted((p["protocol"], p["port"]) for p in dns_rule["ports"]) == [("TCP", 53), ("UDP", 53)]
+
+
+@pytest.mark.parametrize("mode", ["job", "cluster"])
+def test_ray_token_authentication_is_on_with_a_secret_of_the_release(helm_config, mode):
+    objects, notes = render(helm_config, {"mode": mode})
+    spec = one(objects, "RayJob" if mode == "job" else "RayCluster")["spec"]
+    spec = spec["rayClusterSpec"] if mode == "job" else spec
+    assert spec["authOptions"] == {"mode": "token", "secretName": "ponder-ray-token"}
+    secret = one(objects, "Secret")
+    assert secret["metadata"]["name"] == "ponder-ray-token"
+    token = base64.b64decode(secret["data"]["auth_token"]).decode()
+    assert len(token) >= 32 and token.isalnum()
+    assert token != base64.b64decode(one(render(helm_config, {"mode": mode})[0], "Secret")["data"]["auth_token"]).decode()
+    if mode == "cluster":  # the NOTES tell a submitting user how to authenticate
+        assert "RAY_AUTH_MODE=token" in notes and "get secret ponder-ray-token" in notes
+    # one of your own, or none
+    objects, _ = render(helm_config, {"mode": mode, "rayAuth": {"secretName": "mine"}})
+    assert [o for o in objects if o["kind"] == "Secret"] == []
+    assert "authOptions" not in str(render(helm_config, {"mode": mode, "rayAuth": {"enabled": False}})[0])
+    with pytest.raises(helm_sdkpy.InstallError, match="rayAuth.enabled needs Ray >= 2.52"):
+        render(helm_config, {"mode": mode, "rayVersion": "2.51.0"})
 
 
 @pytest.mark.parametrize("path", [None, *EXAMPLES], ids=lambda p: p.name if p else "defaults")

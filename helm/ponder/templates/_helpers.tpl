@@ -275,9 +275,28 @@ the rest for vLLM's and NCCL's buffers and the weight files a CPU engine reloads
 {{- div (mul (int64 $number) $unit 3) 5 -}}
 {{- end -}}
 
-{{/* A group's rayStartParams with the object store sized from its shmSize; one set by hand must fit in it. */}}
+{{/*
+The ports a Ray pod serves other Ray pods on, fixed (Ray picks the managers' ports at random otherwise) so that the
+reward pods' NetworkPolicy can allow exactly these: the GCS (head), the object and node managers, the workers'.
+*/}}
+{{- define "ponder.rayPorts" -}}
+{{- toJson (dict "gcs" 6379 "object-manager-port" 8076 "node-manager-port" 8077 "min-worker-port" 10002 "max-worker-port" 19999) -}}
+{{- end -}}
+
+{{/* The token Secret's name, when Ray token authentication is on. */}}
+{{- define "ponder.rayAuthSecret" -}}
+{{- .Values.rayAuth.secretName | default (printf "%s-ray-token" (include "ponder.fullname" .)) -}}
+{{- end -}}
+
+{{/*
+A group's rayStartParams: its fixed ports, and its object store sized from its shmSize (one set by hand must fit in
+it).
+*/}}
 {{- define "ponder.withObjectStore" -}}
 {{- $params := .params -}}{{- $shm := .shmSize -}}
+{{- range $key, $port := fromJson (include "ponder.rayPorts" .) -}}
+{{- if ne $key "gcs" -}}{{- $_ := set $params $key (toString (int $port)) -}}{{- end -}}
+{{- end -}}
 {{- $sized := include "ponder.objectStoreMemory" $shm -}}
 {{- $given := get (default dict .given) "object-store-memory" -}}
 {{- if and $given (gt (int64 $given) (div (mul (int64 $sized) 5) 3)) -}}
@@ -292,6 +311,15 @@ the rest for vLLM's and NCCL's buffers and the weight files a CPU engine reloads
 {{- $root := . -}}
 {{- include "ponder.criticChecks" . -}}
 rayVersion: {{ .Values.rayVersion | quote }}
+{{- if .Values.rayAuth.enabled }}
+{{- if not (semverCompare ">=2.52.0" .Values.rayVersion) }}
+{{- fail (printf "rayAuth.enabled needs Ray >= 2.52 (rayVersion is %s): upgrade the image's Ray, or set rayAuth.enabled=false" .Values.rayVersion) }}
+{{- end }}
+# Every Ray request must carry the token; KubeRay gives each Ray container RAY_AUTH_MODE=token and the token.
+authOptions:
+  mode: token
+  secretName: {{ include "ponder.rayAuthSecret" . }}
+{{- end }}
 enableInTreeAutoscaling: false
 headGroupSpec:
   rayStartParams:
