@@ -615,3 +615,31 @@ def test_an_object_store_set_larger_than_shared_memory_refuses_the_install(helm_
     assert groups["reward"]["rayStartParams"]["object-store-memory"] == str(2 ** 29)  # the user's value wins
     with pytest.raises(helm_sdkpy.InstallError, match="reward.rayStartParams.object-store-memory .* does not fit"):
         render(helm_config, {"reward": {"shmSize": "1Gi", "rayStartParams": {"object-store-memory": str(2 ** 31)}}})
+
+
+def test_reward_pods_get_what_bubblewrap_needs_when_asked(helm_config):
+    """The defaults leave the runtime's seccomp profile and /proc (the start-up self-test names the fix); the
+    settings give the pods a Localhost seccomp profile, an AppArmor profile, their own user namespace and an
+    unmasked /proc, and only the reward pods."""
+    values = {"reward": {"userNamespaces": True,
+                         "seccompProfile": {"type": "Localhost", "localhostProfile": "profiles/ponder-bwrap.json"},
+                         "appArmorProfile": {"type": "Localhost", "localhostProfile": "bwrap-userns"}}}
+    for given, expect_userns in ((None, False), (values, True)):
+        spec = one(render(helm_config, given)[0], "RayJob")["spec"]["rayClusterSpec"]
+        pods = {g["groupName"]: g["template"]["spec"] for g in spec["workerGroupSpecs"]}
+        pods["head"] = spec["headGroupSpec"]["template"]["spec"]
+        reward = pods.pop("reward")
+        assert ("hostUsers" in reward) == expect_userns and reward.get("hostUsers", False) is False
+        assert (reward["containers"][0]["securityContext"].get("procMount") == "Unmasked") == expect_userns
+        context = reward["securityContext"]
+        assert context["seccompProfile"] == (values["reward"]["seccompProfile"] if given else {"type": "RuntimeDefault"})
+        assert context.get("appArmorProfile") == (values["reward"]["appArmorProfile"] if given else None)
+        assert all("hostUsers" not in pod and "securityContext" not in pod for pod in pods.values())
+
+
+@pytest.mark.parametrize("profile", [{"type": "Localhost"}, {"type": "RuntimeDefault", "localhostProfile": "x"}],
+                         ids=["Localhost without a file", "a file without Localhost"])
+def test_a_profile_without_its_file_or_a_file_without_localhost_is_refused(profile):
+    for key in ("seccompProfile", "appArmorProfile"):
+        assert list(jsonschema.Draft7Validator(values_schema()).iter_errors(
+            coalesce(defaults(), {"reward": {key: profile}})))

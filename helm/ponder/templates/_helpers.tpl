@@ -199,12 +199,20 @@ spec:
     {{- toYaml . | nindent 4 }}
   {{- end }}
   {{- if $sandbox }}
+  {{- if $p.userNamespaces }}
+  # The pod's own user namespace: its uids are not the node's, and /proc can be left unmasked (procMount below).
+  hostUsers: false
+  {{- end }}
   securityContext:
     runAsNonRoot: true
     runAsUser: {{ $p.runAsUser }}
     runAsGroup: {{ $p.runAsUser }}
     seccompProfile:
       {{- toYaml $p.seccompProfile | nindent 6 }}
+    {{- with $p.appArmorProfile }}
+    appArmorProfile:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
   {{- end }}
   containers:
     - name: ray-{{ .group }}
@@ -228,6 +236,9 @@ spec:
         # bubblewrap builds its namespaces as an unprivileged user; it needs no capability and no escalation.
         allowPrivilegeEscalation: false
         capabilities: {drop: [ALL]}
+        {{- if $p.userNamespaces }}
+        procMount: Unmasked
+        {{- end }}
       {{- end }}
       resources:
         {{- toYaml $res | nindent 8 }}

@@ -1,0 +1,99 @@
+"""The sandbox's start-up self-test under emulations of a container runtime's defaults: the reward pod's unprivileged
+uid, a masked /proc (/dev/null over /proc/kcore, as containerd and Docker do, in a mount namespace of the test's own)
+and a seccomp filter that forbids namespaces as RuntimeDefault does without CAP_SYS_ADMIN. Each must fail at start
+with the cause and the chart setting that fixes it (docs/deploy.md); without them, the same uid passes. Needs root
+to build the emulation (the self-test itself then runs unprivileged)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("bwrap") is None or shutil.which("unshare") is None,
+                                reason="building the runtime emulation needs root, bubblewrap and util-linux unshare")
+
+POD_UID = 1000  # the chart's reward.runAsUser
+
+# RuntimeDefault's rule for a container without CAP_SYS_ADMIN, as a classic BPF filter (x86_64): clone with any
+# namespace flag, unshare, mount, umount2, pivot_root and setns fail with EPERM; clone3 with ENOSYS (so callers fall
+# back to clone, as runtimes do).
+RUNTIME_DEFAULT_LIKE = """
+import ctypes, struct
+LD, JEQ, JSET, RET = 0x20, 0x15, 0x45, 0x06
+ALLOW, EPERM, ENOSYS = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+NAMESPACE_FLAGS = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
+prog = [(LD, 0, 0, 4), (JEQ, 1, 0, 0xC000003E), (RET, 0, 0, ALLOW), (LD, 0, 0, 0),
+        (JEQ, 0, 3, 56), (LD, 0, 0, 16), (JSET, 0, 1, NAMESPACE_FLAGS), (RET, 0, 0, EPERM), (RET, 0, 0, ALLOW),
+        (JEQ, 0, 1, 435), (RET, 0, 0, ENOSYS)]
+for nr in (272, 165, 166, 155, 308):
+    prog += [(JEQ, 0, 1, nr), (RET, 0, 0, EPERM)]
+prog.append((RET, 0, 0, ALLOW))
+raw = b"".join(struct.pack("HBBI", *ins) for ins in prog)
+buf = ctypes.create_string_buffer(raw)
+fprog = struct.pack("HxxxxxxQ", len(prog), ctypes.addressof(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0, ctypes.get_errno()  # PR_SET_SECCOMP, FILTER
+"""
+
+
+# What containerd and Docker do to a container's /proc by default (their masked and read-only path lists): files
+# covered by /dev/null, directories by an empty read-only tmpfs, some remounted read-only. At least one must exist.
+MASK_PROC = """
+masked=0
+for p in /proc/acpi /proc/asound /proc/interrupts /proc/kcore /proc/keys /proc/latency_stats /proc/timer_list \
+         /proc/timer_stats /proc/sched_debug /proc/scsi; do
+  if [ -d "$p" ]; then mount -t tmpfs -o ro tmpfs "$p" && masked=1
+  elif [ -e "$p" ]; then mount --bind /dev/null "$p" && masked=1; fi
+done
+for p in /proc/bus /proc/fs /proc/irq /proc/sys /proc/sysrq-trigger; do
+  [ -e "$p" ] && mount --bind "$p" "$p" && mount -o remount,bind,ro "$p"
+done
+[ "$masked" = 1 ] || { echo "nothing to mask under /proc" >&2; exit 3; }
+"""
+
+
+def self_test_as_pod(masked_proc: bool = False, seccomp: bool = False) -> str:
+    """Run the sandbox's self-test as the reward pod's uid, under the chosen emulation; 'ok' or the error."""
+    script = textwrap.dedent(f"""
+        import ctypes, os, struct  # everything imported while still root: the interpreter may live under /root
+        from ponder.rewards.sandbox import SandboxError, self_test
+        os.setgroups([]); os.setgid({POD_UID}); os.setuid({POD_UID})
+        {"exec(" + repr(RUNTIME_DEFAULT_LIKE) + ")" if seccomp else ""}
+        try:
+            self_test()
+            print("ok")
+        except SandboxError as e:
+            print(e)
+    """)
+    python = [sys.executable, "-c", script]
+    if masked_proc:
+        python = ["unshare", "--mount", "--propagation", "private", "sh", "-c", MASK_PROC + 'exec "$@"', "sh",
+                  *python]
+    env = {"PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/tmp"}
+    done = subprocess.run(python, capture_output=True, text=True, timeout=120, env=env, cwd="/tmp")
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_the_pods_uid_passes_where_namespaces_and_proc_are_allowed():
+    assert self_test_as_pod() == "ok"
+
+
+def test_a_masked_proc_fails_at_start_naming_the_chart_setting():
+    message = self_test_as_pod(masked_proc=True)
+    assert "the sandbox did not start" in message and "Can't mount proc" in message
+    assert "/proc is masked" in message and "reward.userNamespaces=true" in message
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the emulated filter is written for x86_64")
+def test_a_runtime_default_seccomp_profile_fails_at_start_naming_the_chart_setting():
+    message = self_test_as_pod(seccomp=True)
+    assert "the sandbox did not start" in message
+    assert "seccomp filter" in message and "reward.seccompProfile: Localhost" in message
