@@ -97,3 +97,47 @@ def test_a_runtime_default_seccomp_profile_fails_at_start_naming_the_chart_setti
     message = self_test_as_pod(seccomp=True)
     assert "the sandbox did not start" in message
     assert "seccomp filter" in message and "reward.seccompProfile: Localhost" in message
+
+
+FORK_COUNT = """
+import os, time
+made = 0
+for _ in range(80):
+    try:
+        if os.fork() == 0:
+            time.sleep(2)
+            os._exit(0)
+        made += 1
+    except OSError:
+        break
+print(made)
+"""
+
+
+def test_the_pods_own_processes_do_not_use_up_the_sandboxes_process_limit():
+    """In a reward pod the sandbox shares its uid with Ray's processes and threads (~200 in a real pod): with 60 of
+    them running and a limit of 24, a sandbox still starts, and its program still gets no more than 24 tasks."""
+    script = textwrap.dedent(f"""
+        import os, signal, subprocess, sys
+        from ponder.rewards.sandbox import Limits, Sandbox, SandboxError
+        os.setgroups([]); os.setgid({POD_UID}); os.setuid({POD_UID})
+        ray_like = subprocess.Popen(["/usr/bin/python3", "-c", "import threading, time\\n"
+                                     "[threading.Thread(target=time.sleep, args=(60,), daemon=True).start() "
+                                     "for _ in range(60)]\\nprint(1, flush=True)\\ntime.sleep(60)"],
+                                    stdout=subprocess.PIPE)
+        ray_like.stdout.readline()  # its threads are running
+        try:
+            with Sandbox(Limits(processes=24)) as box:
+                print(box.job({FORK_COUNT!r}, "stdio").run("").body.strip())
+        except SandboxError as e:
+            print("error:", e)
+        finally:
+            ray_like.kill()
+    """)
+    env = {"PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/tmp"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env,
+                          cwd="/tmp")
+    assert done.returncode == 0, done.stderr
+    made = done.stdout.strip()
+    assert made.isdigit(), made
+    assert 0 < int(made) < 24  # the harness, zygote and program take a few of the 24

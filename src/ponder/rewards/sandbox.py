@@ -76,7 +76,7 @@ class Limits:
     timeout_s: float = 30.0  # wall backstop of a job; the program's own time is capped at half of it
     memory_mb: int = 512  # address space per process
     cpu_s: int = 10  # CPU seconds per process (RLIMIT_CPU), across a job's cases
-    processes: int = 256  # RLIMIT_NPROC of the sandbox uid (all sandboxes together)
+    processes: int = 256  # RLIMIT_NPROC: tasks of all sandboxes together (beyond the caller's own, when not root)
     pids: int = 24  # processes and threads per sandbox (cgroup pids.max, where available)
     cpus: float = 1.0  # CPU quota per sandbox (cgroup cpu.cfs_quota_us, where available)
     file_mb: int = 16  # largest file, and the size of /work and of /tmp
@@ -174,6 +174,22 @@ def _sweep(parent: Path, min_age_s: float = 60.0) -> None:
             pass
 
 
+def tasks_of(uid: int) -> int:
+    """Processes and threads whose real uid is `uid`, now: what RLIMIT_NPROC counts."""
+    count = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                          if line.startswith(("Uid:", "Threads:")))
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if "Uid" in fields and int(fields["Uid"].split()[0]) == uid:
+            count += int(fields.get("Threads", "1"))
+    return count
+
+
 def why_bwrap_failed(stderr: str) -> str:
     """What keeps bubblewrap from starting in this container, and the setting that fixes it, from bwrap's own words
     and what the kernel says about this process ("" when neither matches a known cause). bwrap's message for a
@@ -191,6 +207,9 @@ def why_bwrap_failed(stderr: str) -> str:
                 "hostUsers: false and procMount: Unmasked; Kubernetes >= 1.33, or 1.30+ with the "
                 "UserNamespacesSupport and ProcMountType feature gates); under Docker, --security-opt "
                 "systempaths=unconfined. docs/deploy.md, \"The reward (sandbox) pods\".")
+    if "Resource temporarily unavailable" in stderr:
+        return ("\n  cause: no more processes for this uid or container (RLIMIT_NPROC, or the pod's pids limit: the "
+                "kubelet's podPidsLimit); lower the reward pool's processes_per_worker or raise the limit.")
     if not any(words in stderr for words in ("namespace", "uid map", "setting up uid", "unshare", "clone")):
         return ""
     status = dict(line.split(":\t", 1) for line in read("/proc/self/status").splitlines() if ":\t" in line)
@@ -225,6 +244,9 @@ class Sandbox:
         replies_r, replies_w = os.pipe()
         self._channel = (jobs_r, replies_w)
         as_root = os.geteuid() == 0
+        # RLIMIT_NPROC counts every task of the real uid. As root the sandbox runs as a uid of its own; otherwise it
+        # shares the caller's (a reward pod's Ray processes and threads), whose tasks it must not count against it.
+        self._nproc = limits.processes + (0 if as_root else tasks_of(os.getuid()))
         try:
             self.process = subprocess.Popen(
                 bwrap_command(limits), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -246,7 +268,7 @@ class Sandbox:
         mb = 1 << 20
         lim = self.limits
         for name, value in ((resource.RLIMIT_AS, lim.memory_mb * mb), (resource.RLIMIT_CPU, HARNESS_CPU_S),
-                            (resource.RLIMIT_NPROC, lim.processes), (resource.RLIMIT_FSIZE, lim.file_mb * mb),
+                            (resource.RLIMIT_NPROC, self._nproc), (resource.RLIMIT_FSIZE, lim.file_mb * mb),
                             (resource.RLIMIT_NOFILE, lim.open_files), (resource.RLIMIT_CORE, 0)):
             resource.setrlimit(name, (value, value))
 
