@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 
-.PHONY: setup system-packages demo demo-search test test-unit test-fast bench bench-trl-setup bench-trl config-reference clean
+.PHONY: setup system-packages demo demo-search test test-unit test-fast bench bench-trl-setup bench-trl config-reference lock-cpu-image clean
 
 setup: $(STAMP) system-packages
 
@@ -87,6 +87,9 @@ $(TRL_STAMP): pyproject.toml
 bench-trl: setup bench-trl-setup
 	$(BIN)/ponder init-model $(CONFIG) && $(BIN)/ponder sft $(CONFIG)
 	$(TRL_VENV)/bin/python benchmarks/trl_peer.py --model $(SFT_DIR) $(TRL_ARGS)
+
+lock-cpu-image: setup
+	$(BIN)/python infra/lock_cpu.py > infra/requirements-cpu.txt
 
 config-reference: setup
 	$(BIN)/python -m ponder.platform.config_reference > docs/config.md

@@ -15,7 +15,7 @@ def pytest_collection_modifyitems(config, items):
     if not has_cuda:
         skip = pytest.mark.skip(reason="needs a CUDA device")
         for item in items:
-            if "gpu" in item.keywords:
+            if item.get_closest_marker("gpu") is not None:  # the marker, not any keyword (a test id may say gpu)
                 item.add_marker(skip)
 
 

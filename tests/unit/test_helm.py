@@ -397,7 +397,8 @@ def test_ray_cpus_are_left_to_the_critics(helm_config):
          "learner": cfg.learner.num_ranks * cfg.learner.num_gpus,
          "critic": CRITICS["critic"]["gpus"] * CRITICS["critic"]["replicas"]}
     critic_pod = groups["critic"]["template"]["spec"]["containers"][0]
-    assert "AWS_SECRET_ACCESS_KEY" in {e["name"] for e in critic_pod["env"]}  # trusted: models, extra volumes
+    # trusted (extra volumes for its model) but, like the rollout pods, no S3 credentials: it does not use them
+    assert "AWS_SECRET_ACCESS_KEY" not in {e["name"] for e in critic_pod.get("env", [])}
 
 
 def test_cpu_only_pools_reserve_their_cpus(helm_config):
@@ -418,7 +419,7 @@ def test_reward_pods_get_no_credentials_and_a_locked_down_container(helm_config)
             **{g["groupName"]: g["template"]["spec"] for g in spec["workerGroupSpecs"]}}
     for name, pod in pods.items():
         env = {e["name"] for e in pod["containers"][0].get("env", [])}
-        assert ("AWS_SECRET_ACCESS_KEY" in env) == (name != "reward"), name
+        assert ("AWS_SECRET_ACCESS_KEY" in env) == (name in ("head", "learner")), name  # only where used
         assert pod["automountServiceAccountToken"] is False
     reward = pods["reward"]
     assert reward["securityContext"]["runAsNonRoot"] is True
@@ -643,3 +644,23 @@ def test_a_profile_without_its_file_or_a_file_without_localhost_is_refused(profi
     for key in ("seccompProfile", "appArmorProfile"):
         assert list(jsonschema.Draft7Validator(values_schema()).iter_errors(
             coalesce(defaults(), {"reward": {key: profile}})))
+
+
+def test_a_group_can_run_another_image(helm_config):
+    """The 8-GPU example runs its reward pods on the CPU image (same Python and Ray: test_images.py); the other
+    groups keep the chart's."""
+    values = example(CHART / "examples" / "values-8gpu.yaml")
+    spec = one(render(helm_config, values)[0], "RayJob")["spec"]["rayClusterSpec"]
+    images = {g["groupName"]: g["template"]["spec"]["containers"][0]["image"] for g in spec["workerGroupSpecs"]}
+    images["head"] = spec["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    main = f"{values['image']['repository']}:{values['image']['tag']}"
+    assert images.pop("reward") == f"{values['image']['repository']}:0.1.0-cpu"
+    assert set(images.values()) == {main}
+
+
+def test_mlflow_is_probed_and_an_ephemeral_store_is_called_out(helm_config):
+    objects, notes = render(helm_config)
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert "lost when its pod is rescheduled" in notes
+    assert "lost when its pod" not in render(helm_config, {"mlflow": {"existingClaim": "mlflow-db"}})[1]

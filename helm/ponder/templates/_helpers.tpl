@@ -29,10 +29,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
-{{- define "ponder.image" -}}
-{{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
-{{- end -}}
-
 {{/* The MLflow URL every Ponder process logs to. */}}
 {{- define "ponder.trackingUri" -}}
 {{- if .Values.mlflow.enabled -}}
@@ -154,7 +150,11 @@ ponder.criticChecks), what the actors reserve on CPU-only pools, `cpus` on the c
 {{- include "ponder.withObjectStore" (dict "params" $params "given" $p.rayStartParams "shmSize" $p.shmSize "group" .group) -}}
 {{- end -}}
 
-{{/* Credentials for the trusted pods (head, rollout, learner). Isolated reward pods run model-written code: none. */}}
+{{/*
+S3 and MLflow credentials, for the pods that use them: the head (the driver: MLflow, the final model, resume) and the
+learner (checkpoints). Rollout and critic pods load models and receive weights, and isolated reward pods run
+model-written code: none.
+*/}}
 {{- define "ponder.credentialEnv" -}}
 {{- range $key := list "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" }}
 - name: {{ $key }}
@@ -183,6 +183,18 @@ KubeRay writes the container's command (`ray start ...`) itself.
 {{- $root := .root -}}{{- $p := .pool -}}
 {{- $sandbox := eq .group "reward" -}}
 {{- $trusted := or (not $sandbox) (not $root.Values.reward.isolated) -}}
+{{- $env := "" -}}
+{{- if or (has .group (list "head" "learner")) (and $sandbox $trusted) -}}
+{{- $env = include "ponder.credentialEnv" $root | trim -}}
+{{- end -}}
+{{- with $root.Values.extraEnv -}}
+{{- $env = printf "%s\n%s" $env (toYaml .) | trim -}}
+{{- end -}}
+{{- $image := deepCopy $root.Values.image -}}
+{{- with (default dict $p.image) -}}
+{{- if .repository }}{{ $_ := set $image "repository" .repository }}{{ end -}}
+{{- if .tag }}{{ $_ := set $image "tag" .tag }}{{ end -}}
+{{- end -}}
 {{- $res := deepCopy (default dict $p.resources) -}}
 {{- if gt (int (default 0 $p.gpus)) 0 -}}
 {{- $_ := set $res "limits" (mustMergeOverwrite (default dict $res.limits) (dict "nvidia.com/gpu" (int $p.gpus))) -}}
@@ -216,20 +228,17 @@ spec:
   {{- end }}
   containers:
     - name: ray-{{ .group }}
-      image: {{ include "ponder.image" $root }}
-      imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      image: {{ printf "%s:%s" $image.repository $image.tag }}
+      imagePullPolicy: {{ $image.pullPolicy }}
       {{- if eq .group "head" }}
       ports:
         - {containerPort: 6379, name: gcs}
         - {containerPort: 8265, name: dashboard}
         - {containerPort: 10001, name: client}
       {{- end }}
-      {{- if $trusted }}
+      {{- if and $trusted $env }}
       env:
-        {{- include "ponder.credentialEnv" $root | trim | nindent 8 }}
-        {{- with $root.Values.extraEnv }}
-        {{- toYaml . | nindent 8 }}
-        {{- end }}
+        {{- $env | nindent 8 }}
       {{- end }}
       {{- if $sandbox }}
       securityContext:
