@@ -1,10 +1,10 @@
-"""B3, network half: a weight push to another node through Ray's object store, against a raw TCP transfer of the
-same bytes on the same link.
+"""B3, network half: a weight push to another node (learner rank 0 serving it over TCP), against a raw TCP transfer
+of the same bytes on the same link.
 
 Two Ray nodes on this machine with their own loopback addresses (127.0.0.2 and 127.0.0.3, `ponder.platform.
-local_nodes`); an actor on each. One push = `NetworkSender.publish` on the first node (safetensors file parts, XXH3-128,
-`ray.put`) then `NetworkReceiver.fetch` on the second (pull to its node, XXH3-128 check, write to its /dev/shm for the
-engine's reload) — everything up to the engine's reload, which costs the same for every transport (B3's shared-memory
+local_nodes`); an actor on each. One push = `NetworkSender.publish` on the first node (the safetensors file's bytes
+copied once into the sender's memory, XXH3-128) then `NetworkReceiver.fetch` on the second (streamed over TCP into a
+file in its /dev/shm for the engine's reload, XXH3-128 of each chunk as it lands) — everything up to the engine's reload, which costs the same for every transport (B3's shared-memory
 table has it). The baseline: the same number of bytes sent over one TCP connection between the two addresses
 (`sendall` from a prepared buffer into `recv_into` a preallocated one), nothing else. Both are timed from the driver
 around the same two actor calls; one untimed warm-up each, then `--repeats` interleaved pairs; medians. Usage:
@@ -108,7 +108,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, local_nodes(2) as nodes:
         for name in args.sizes.split(","):
             results[name] = bench_size(name, args.repeats, tmp, nodes)
-    print(f"\nB3 (network) — push to another node through Ray's object store vs raw TCP of the same bytes, medians of "
+    print(f"\nB3 (network) — push to another node over TCP vs raw TCP of the same bytes, medians of "
           f"{args.repeats}\n")
     print("| model | MB | push (ms) | of which publish | of which fetch | raw TCP (ms) | push / raw |")
     print("|---|---|---|---|---|---|---|")

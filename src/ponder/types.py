@@ -81,7 +81,8 @@ class WeightsVersion:
 
     version: int
     kind: str  # the transport: shm, network or nccl
-    location: Any  # shm: the directory; network: the object store ref; nccl: None (the bytes went in-band)
+    # shm: the directory; network: (address, port, token) of the sender; nccl: None (the bytes went in-band)
+    location: Any
     checksum: str
     num_bytes: int
     tensors: dict[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape)

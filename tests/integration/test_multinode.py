@@ -5,9 +5,12 @@ loss of the worker node reported."""
 
 from __future__ import annotations
 
+import socket
+import struct
+import threading
+from contextlib import contextmanager
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import ray
 
@@ -25,6 +28,29 @@ pytestmark = pytest.mark.integration
 
 SAMPLING = Sampling(n=4, temperature=1.0, top_p=1.0, max_tokens=24)
 LOGPROB_TOLERANCE = 1e-4
+
+
+@contextmanager
+def corrupting_server(handle):
+    """A stand-in sender on the head's address that serves the published bytes of `handle` with one byte flipped."""
+    address, port, token = handle.location
+    with socket.create_connection((address, port)) as conn:  # the real bytes, from the real sender
+        conn.sendall(bytes.fromhex(token) + struct.pack(">Q", handle.version))
+        size = struct.unpack(">Q", conn.recv(8, socket.MSG_WAITALL))[0]
+        data = bytearray(conn.recv(size, socket.MSG_WAITALL))
+    data[-10] ^= 0xFF
+    server = socket.create_server((address, 0))
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(24, socket.MSG_WAITALL)
+            conn.sendall(struct.pack(">Q", size) + bytes(data))
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield (*server.getsockname(), token)
+    finally:
+        server.close()
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +95,9 @@ def test_learner_ranks_on_two_nodes_and_weights_over_the_network(two_nodes, tiny
         ours = ray.get(learners.ranks[0].forward_logprobs.remote(fresh[0].prompt_ids, fresh[0].response_ids))
         assert max(abs(a - b) for a, b in zip(ours, fresh[0].logprobs)) < LOGPROB_TOLERANCE
         # bytes that are not the published ones (corrupted on the way) are refused; the engine keeps version 1
-        corrupted = [part.copy() if isinstance(part, np.ndarray) else part for part in ray.get(handle.location)]
-        corrupted[-1][-10] ^= 0xFF
-        with pytest.raises(ray.exceptions.RayTaskError, match="does not match the published"):
-            ray.get(rollout.load_weights.remote(replace(handle, version=5, location=ray.put(corrupted))))
+        with corrupting_server(handle) as location:
+            with pytest.raises(ray.exceptions.RayTaskError, match="does not match the published"):
+                ray.get(rollout.load_weights.remote(replace(handle, version=5, location=location)))
         assert ray.get(rollout.stats.remote())["version"] == 1
 
         # a checkpoint each rank uploads from its own node; training on from it twice gives the same weights

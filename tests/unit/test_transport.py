@@ -65,3 +65,55 @@ def test_shm_push_round_trips_and_refuses_what_does_not_match(tmp_path):
     assert (directory / MANIFEST_FILE).exists()
     sender.close()
     assert not (tmp_path / "shm").exists()
+
+
+def test_network_push_streams_the_published_bytes_and_refuses_anything_else(tmp_path, monkeypatch):
+    """The TCP pair on loopback, without Ray: the file lands whole and verified; a version the sender no longer
+    holds, a handle whose checksum is not the served bytes', and bytes corrupted on the way are each refused."""
+    import socket
+    import struct
+    import threading
+
+    from ponder.transport import network
+
+    monkeypatch.setattr(network, "_PARENT", tmp_path)
+    sender, receiver = network.NetworkSender(keep=2, address="127.0.0.1"), network.NetworkReceiver()
+    try:
+        tensors = state()
+        handles = [sender.publish(version, tensors) for version in (1, 2, 3)]
+        directory = receiver.fetch(handles[-1])
+        loaded = load_file(str(directory / WEIGHTS_FILE))
+        assert all(torch.equal(loaded[name], tensor) for name, tensor in tensors.items())
+        assert file_digest(directory / WEIGHTS_FILE) == handles[-1].checksum
+        tensors["half"].add_(1)  # the learner trains on: what was published is still what is served
+        assert file_digest(receiver.fetch(handles[-1]) / WEIGHTS_FILE) == handles[-1].checksum
+
+        with pytest.raises(WeightsIntegrityError, match="no longer holds it"):
+            receiver.fetch(handles[0])  # keep=2: version 1 is gone
+        with pytest.raises(WeightsIntegrityError, match="does not match the published"):
+            receiver.fetch(replace(handles[-1], checksum="0" * 32))
+
+        address, port, token = handles[-1].location
+        with socket.create_connection((address, port)) as conn:  # without the token: nothing
+            conn.sendall(bytes(16) + struct.pack(">Q", 3))
+            assert conn.recv(8) == b""
+        with pytest.raises(ConnectionError, match="closed after 0 of 8 bytes"):
+            receiver.fetch(replace(handles[-1], location=(address, port, "00" * 16)))
+
+        good = sender.versions[3].tobytes()  # a sender that flips one byte on the way
+        bad = bytearray(good)
+        bad[len(bad) // 2] ^= 0x10
+        server = socket.create_server(("127.0.0.1", 0))
+
+        def serve():
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(24)
+                conn.sendall(struct.pack(">Q", len(bad)) + bytes(bad))
+        threading.Thread(target=serve, daemon=True).start()
+        with pytest.raises(WeightsIntegrityError, match="does not match the published"):
+            receiver.fetch(replace(handles[-1], location=(*server.getsockname(), token)))
+        server.close()
+    finally:
+        sender.close()
+        receiver.close()

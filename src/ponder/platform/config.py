@@ -104,7 +104,7 @@ class RolloutConfig:
     tensor_parallel_size: int = at_least(1, 1)
     resources: dict[str, float] = field(default_factory=dict)  # Ray custom resources per actor: pins it to a pool
     # How weights reach the engines. auto: NCCL with GPUs on both sides, else shared memory when every engine is on
-    # learner rank 0's node and the object store over the network when one is not; or force shm, network or nccl.
+    # learner rank 0's node and TCP from learner rank 0 when one is not; or force shm, network or nccl.
     weight_sync: str = one_of("auto", "shm", "network", "nccl", default="auto")
     # Budget forcing: thinking tokens a sample may use before its think block is closed for it and the answer forced.
     # [] = unbounded; [N] = N for every sample; [N1, N2, ...] = one drawn per prompt (seeded), shared by its group.

@@ -54,6 +54,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
+from ponder.rewards.sandbox_host import tasks_of, why_bwrap_failed
+
 SANDBOX_UID = 65534  # nobody
 PYTHON = "/usr/bin/python3"  # the system interpreter under /usr: stdlib only, nothing from the project's venv
 _HERE = Path(__file__).parent
@@ -172,63 +174,6 @@ def _sweep(parent: Path, min_age_s: float = 60.0) -> None:
                 group.rmdir()
         except OSError:
             pass
-
-
-def tasks_of(uid: int) -> int:
-    """Processes and threads whose real uid is `uid`, now: what RLIMIT_NPROC counts."""
-    count = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                          if line.startswith(("Uid:", "Threads:")))
-        except (OSError, ValueError):
-            continue  # gone meanwhile
-        if "Uid" in fields and int(fields["Uid"].split()[0]) == uid:
-            count += int(fields.get("Threads", "1"))
-    return count
-
-
-def why_bwrap_failed(stderr: str) -> str:
-    """What keeps bubblewrap from starting in this container, and the setting that fixes it, from bwrap's own words
-    and what the kernel says about this process ("" when neither matches a known cause). bwrap's message for a
-    seccomp filter that forbids namespaces blames the kernel; this says which it is."""
-    def read(path: str) -> str:
-        try:
-            return Path(path).read_text().strip()
-        except OSError:
-            return "?"
-
-    if "Can't mount proc" in stderr:
-        return ("\n  cause: this container's /proc is masked (parts of it covered, the container runtime's default), "
-                "and the kernel lets a user namespace mount a fresh /proc only where the whole of /proc is "
-                "visible.\n  fix: on Kubernetes set reward.userNamespaces=true (the chart gives the reward pods "
-                "hostUsers: false and procMount: Unmasked; Kubernetes >= 1.33, or 1.30+ with the "
-                "UserNamespacesSupport and ProcMountType feature gates); under Docker, --security-opt "
-                "systempaths=unconfined. docs/deploy.md, \"The reward (sandbox) pods\".")
-    if "Resource temporarily unavailable" in stderr:
-        return ("\n  cause: no more processes for this uid or container (RLIMIT_NPROC, or the pod's pids limit: the "
-                "kubelet's podPidsLimit); lower the reward pool's processes_per_worker or raise the limit.")
-    if not any(words in stderr for words in ("namespace", "uid map", "setting up uid", "unshare", "clone")):
-        return ""
-    status = dict(line.split(":\t", 1) for line in read("/proc/self/status").splitlines() if ":\t" in line)
-    causes = []
-    if status.get("Seccomp", "0").strip() == "2":
-        causes.append("this process runs under a seccomp filter (a runtime's default profile forbids creating "
-                      "namespaces without CAP_SYS_ADMIN): give the reward pods a seccomp profile that allows "
-                      "unshare, clone with namespace flags, mount, umount2, pivot_root and setns "
-                      "(reward.seccompProfile: Localhost)")
-    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
-        causes.append("AppArmor restricts unprivileged user namespaces on this node "
-                      "(kernel.apparmor_restrict_unprivileged_userns=1): give the reward pods an AppArmor profile "
-                      "that allows userns (reward.appArmorProfile) or set the sysctl to 0 on the node")
-    if read("/proc/sys/user/max_user_namespaces") == "0":
-        causes.append("user namespaces are off on this node (user.max_user_namespaces=0): raise it on the node")
-    if not causes:
-        return ""
-    return ("\n  cause: bubblewrap cannot create the sandbox's user namespace; "
-            + "; or ".join(causes) + ". docs/deploy.md, \"The reward (sandbox) pods\".")
 
 
 class Sandbox:

@@ -3,7 +3,7 @@
 | kind | when | how |
 | --- | --- | --- |
 | `shm` | every engine on learner rank 0's node | a checksummed file in shared memory (`transport/shm.py`) |
-| `network` | an engine on another node | Ray's object store, checksummed (`transport/network.py`) |
+| `network` | an engine on another node | TCP from learner rank 0, checksummed (`transport/network.py`) |
 | `nccl` | GPUs on both sides | a broadcast into the engines' GPU memory (`transport/nccl.py`) |
 
 `rollout.weight_sync: auto` picks NCCL when both sides have GPUs (and ZeRO < 3), else shm or network by placement;

@@ -5,8 +5,9 @@ hands the handle to every engine, whose `receiver.fetch(handle)` returns the ver
 None when the transport already wrote the weights into the engine, as NCCL does). Nothing outside `ponder.transport`
 looks at a handle's kind: the learner, the rollout actors, the critics and recovery go through this pair only.
 
-The CPU transports move one safetensors file's bytes (`Blob`: written from the tensors' own memory, never built in
-one piece first), checksummed with XXH3-128 in one pass on each side (tens of GB/s, far below the copy it guards); a mismatch raises `WeightsIntegrityError` and the engine keeps its weights.
+The CPU transports move one safetensors file's bytes (`Blob`: laid out from the tensors' own memory, never built in
+one piece first), checksummed with XXH3-128 in one pass on each side (tens of GB/s, far below the copy it guards); a
+mismatch raises `WeightsIntegrityError` and the engine keeps its weights.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import shutil
 import socket
 import struct
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, Mapping, Optional, Protocol
 
@@ -70,7 +71,10 @@ class Blob:
         text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
         self.parts = [struct.pack("<Q", len(text)) + text, *views]
         self.size = len(self.parts[0]) + offset
-        self.checksum = digest(self.parts)
+
+    @cached_property
+    def checksum(self) -> str:
+        return digest(self.parts)
 
 
 @cache
@@ -107,6 +111,10 @@ def write_version(directory: Path, parts, handle_version: int, checksum: str) ->
     with (directory / WEIGHTS_FILE).open("wb") as f:
         for part in parts:
             f.write(part)
+    write_manifest(directory, handle_version, checksum)
+
+
+def write_manifest(directory: Path, handle_version: int, checksum: str) -> None:
     (directory / MANIFEST_FILE).write_text(json.dumps({"version": handle_version, "checksum": checksum}))
 
 

@@ -1,9 +1,10 @@
 """Shared-memory weight sync: for engines on learner rank 0's node (the CPU default there).
 
-The sender writes the weights file (from the tensors' own memory) and a manifest into a per-version directory under a shared directory (/dev/shm), renamed
-into place atomically, so a receiver never sees a half-written version; the last `keep` versions stay. The receiver
-checks the manifest's version and the file's checksum against the handle, and only then lets the engine reload from
-that directory. Engines on another node cannot see the directory: `transport.choose` refuses that placement.
+The sender writes the weights file (from the tensors' own memory) and a manifest into a per-version directory under
+a shared directory (/dev/shm), renamed into place atomically, so a receiver never sees a half-written version; the
+last `keep` versions stay. The receiver checks the manifest's version and the file's checksum against the handle, and
+only then lets the engine reload from that directory. Engines on another node cannot see the directory:
+`transport.choose` refuses that placement.
 """
 
 from __future__ import annotations
