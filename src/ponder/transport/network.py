@@ -90,6 +90,10 @@ class NetworkSender:
                 pass  # the receiver went away; it will say so on its side
 
     def close(self) -> None:
+        try:
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked in the serving thread
+        except OSError:
+            pass
         self.server.close()
         with self.lock:
             self.versions.clear()
