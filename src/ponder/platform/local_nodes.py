@@ -19,11 +19,19 @@ from typing import Iterator
 
 class LocalNodes(dict):
     """{Ray node id: "node_<i>"} of the running nodes, and `kill(i)`: node i's raylet and everything on it die at once,
-    as when a machine is lost."""
+    as when a machine is lost. `join()` connects this process to them again as a driver (after a `ray.shutdown()`)."""
 
-    def __init__(self, names: dict[str, str], procs: list[subprocess.Popen]):
+    def __init__(self, names: dict[str, str], procs: list[subprocess.Popen], gcs: str):
         super().__init__(names)
-        self.procs = procs
+        self.procs, self.gcs = procs, gcs
+
+    def join(self) -> None:
+        import ray
+
+        from ponder.platform.cluster import ACTOR_ENV
+
+        ray.init(address=self.gcs, _node_ip_address=self.gcs.rsplit(":", 1)[0], configure_logging=False,
+                 log_to_driver=False, runtime_env={"env_vars": ACTOR_ENV})
 
     def kill(self, index: int) -> None:
         _kill_tree(self.procs[index])
@@ -35,8 +43,6 @@ def local_nodes(count: int = 2, cpus: int = 3, first: int = 2) -> Iterator[Local
     and a custom resource `node_<i>` (100 units) that pins an actor to it; join this process to them as a driver.
     Stops every node on exit."""
     import ray
-
-    from ponder.platform.cluster import ACTOR_ENV
 
     addresses = [f"127.0.0.{first + i}" for i in range(count)]
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's Unix socket paths must fit 107 bytes
@@ -64,15 +70,15 @@ def local_nodes(count: int = 2, cpus: int = 3, first: int = 2) -> Iterator[Local
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
             if i == 0:
                 _wait_for_port(addresses[0], gcs, procs[0])
-        ray.init(address=f"{addresses[0]}:{gcs}", _node_ip_address=addresses[0], configure_logging=False,
-                 log_to_driver=False,
-                 runtime_env={"env_vars": ACTOR_ENV})
+        nodes = LocalNodes({}, procs, f"{addresses[0]}:{gcs}")
+        nodes.join()
         deadline = time.monotonic() + 120
         while len(alive := [n for n in ray.nodes() if n["Alive"]]) < count:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(alive)} of {count} local Ray nodes came up")
             time.sleep(1)
-        yield LocalNodes({n["NodeID"]: next(k for k in n["Resources"] if k.startswith("node_")) for n in alive}, procs)
+        nodes.update({n["NodeID"]: next(k for k in n["Resources"] if k.startswith("node_")) for n in alive})
+        yield nodes
     finally:
         ray.shutdown()
         for proc in reversed(procs):  # throwaway nodes: no graceful stop (it takes Ray ~30 s)
