@@ -147,7 +147,7 @@ ponder.criticChecks), what the actors reserve on CPU-only pools, `cpus` on the c
 {{- if gt $gpus 0 -}}
 {{- $_ := set $params "num-gpus" (toString $gpus) -}}
 {{- end -}}
-{{- include "ponder.withObjectStore" (dict "params" $params "given" $p.rayStartParams "shmSize" $p.shmSize "group" .group) -}}
+{{- include "ponder.startParams" (dict "params" $params "given" $p.rayStartParams "shmSize" $p.shmSize "group" .group) -}}
 {{- end -}}
 
 {{/*
@@ -312,7 +312,7 @@ reward pods' NetworkPolicy can allow exactly these: the GCS (head), the object a
 A group's rayStartParams: its fixed ports, and its object store sized from its shmSize (one set by hand must fit in
 it).
 */}}
-{{- define "ponder.withObjectStore" -}}
+{{- define "ponder.startParams" -}}
 {{- $params := .params -}}{{- $shm := .shmSize -}}
 {{- range $key, $port := fromJson (include "ponder.rayPorts" .) -}}
 {{- if ne $key "gcs" -}}{{- $_ := set $params $key (toString (int $port)) -}}{{- end -}}
@@ -343,7 +343,7 @@ authOptions:
 enableInTreeAutoscaling: false
 headGroupSpec:
   rayStartParams:
-    {{- include "ponder.withObjectStore" (dict "params" (dict "num-cpus" "0" "dashboard-host" "0.0.0.0") "given" .Values.head.rayStartParams "shmSize" .Values.head.shmSize "group" "head") | nindent 4 }}
+    {{- include "ponder.startParams" (dict "params" (dict "num-cpus" "0" "dashboard-host" "0.0.0.0") "given" .Values.head.rayStartParams "shmSize" .Values.head.shmSize "group" "head") | nindent 4 }}
   template:
     {{- include "ponder.rayPodTemplate" (dict "root" $root "group" "head" "pool" .Values.head) | nindent 4 }}
 workerGroupSpecs:

@@ -93,7 +93,8 @@ class StreamingRollouts:
         self.batches_submitted = batches_drawn
         self.clock = clock
         self.reissued = 0  # groups generated again after their engine died
-        self._sent: dict[int, tuple[int, RolloutRequest, int]] = {}  # undelivered group id -> (engine, request, min_version)
+        # undelivered group id -> (engine, request, min_version): what a restarted engine must generate again
+        self._sent: dict[int, tuple[int, RolloutRequest, int]] = {}
 
     @classmethod
     def on_ray(cls, schedule: Schedule, prompts: Callable[[int], list[RolloutRequest]], rollouts: RolloutPool,
@@ -129,7 +130,7 @@ class StreamingRollouts:
             del self._sent[gid]
         return batch
 
-    def alive(self, step: int, dropped: int) -> int:
+    def _alive(self, step: int, dropped: int) -> int:
         """Groups submitted and neither trained (before `step`) nor dropped."""
         g = self.groups_per_step
         return (self.batches_submitted - self.batches_at_start) * g - (step - self.start_step) * g - dropped
@@ -138,7 +139,7 @@ class StreamingRollouts:
         """Submit prompt batches until (max_staleness + 1) steps of groups are alive; returns how many. `counts`: the
         buffer's, if just read."""
         g = self.groups_per_step
-        alive = self.alive(step, int((counts or self.buffer.counts())["groups/dropped"]))
+        alive = self._alive(step, int((counts or self.buffer.counts())["groups/dropped"]))
         submitted = 0
         while alive < (self.schedule.max_staleness + 1) * g:
             min_version = self.schedule.staleness.oldest_weights(step + alive // g)  # the step expected to train it
