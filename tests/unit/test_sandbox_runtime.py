@@ -141,3 +141,37 @@ def test_the_pods_own_processes_do_not_use_up_the_sandboxes_process_limit():
     made = done.stdout.strip()
     assert made.isdigit(), made
     assert 0 < int(made) < 24  # the harness, zygote and program take a few of the 24
+
+
+def test_sandboxes_together_still_share_one_process_limit():
+    """A hostile pair: the first sandbox's program takes what it can and holds it while a second sandbox starts. The
+    second must not get a fresh `processes` on top (it would, if the first one's programs counted as the caller's
+    own tasks): together they stay within one limit."""
+    hold = FORK_COUNT.replace("time.sleep(2)", "time.sleep(6)").replace("print(made)", "print(made)\ntime.sleep(4)")
+    script = textwrap.dedent(f"""
+        import os, threading, time
+        from ponder.rewards.sandbox import Limits, Sandbox, SandboxError
+        os.setgroups([]); os.setgid({POD_UID}); os.setuid({POD_UID})
+        limits = Limits(processes=24, case_timeout_s=7.0, timeout_s=30.0)
+        out = {{}}
+
+        def first():
+            with Sandbox(limits) as box:
+                out["first"] = box.job({hold!r}, "stdio").run("").body.strip()
+        holder = threading.Thread(target=first)
+        holder.start()
+        time.sleep(3)  # its program holds its processes now
+        try:
+            with Sandbox(limits) as box:
+                out["second"] = box.job({FORK_COUNT!r}, "stdio").run("").body.strip()
+        except SandboxError as e:  # no room left even to start: the limit is shared
+            out["second"] = "0" if "Resource temporarily unavailable" in str(e) else repr(str(e))
+        holder.join()
+        print(out["first"], out["second"])
+    """)
+    env = {"PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/tmp"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env,
+                          cwd="/tmp")
+    assert done.returncode == 0, done.stderr
+    first, second = (int(x) for x in done.stdout.split())
+    assert first > 12 and first + second < 24, (first, second)

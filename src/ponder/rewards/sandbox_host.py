@@ -8,7 +8,11 @@ from pathlib import Path
 
 
 def tasks_of(uid: int) -> int:
-    """Processes and threads whose real uid is `uid`, now: what RLIMIT_NPROC counts."""
+    """Processes and threads whose real uid is `uid` in this pid namespace, now: what RLIMIT_NPROC counts, less the
+    sandboxes' own programs (each sandbox has a pid namespace of its own). So the caller's tasks are not counted
+    against a sandbox, and all sandboxes together still share one `processes`: one cannot start with the room that
+    another's programs already took."""
+    own = os.readlink("/proc/self/ns/pid")
     count = 0
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -16,10 +20,12 @@ def tasks_of(uid: int) -> int:
         try:
             fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                           if line.startswith(("Uid:", "Threads:")))
+            if "Uid" not in fields or int(fields["Uid"].split()[0]) != uid:
+                continue
+            if os.readlink(f"/proc/{pid}/ns/pid") == own:
+                count += int(fields.get("Threads", "1"))
         except (OSError, ValueError):
             continue  # gone meanwhile
-        if "Uid" in fields and int(fields["Uid"].split()[0]) == uid:
-            count += int(fields.get("Threads", "1"))
     return count
 
 
