@@ -55,6 +55,15 @@ class Trajectory:
     thinking_tokens: Optional[int] = None  # response tokens before the think block closed; None: it never closed
     forced_answer: bool = False  # the thinking budget ran out and the answer was forced
     max_tokens: int = 0  # the length cap this sample was generated under (length penalties are relative to it)
+    # Multi-turn episodes (rollout.env). `attempts`: the texts of the model turns the environment marked as answers,
+    # scored in order by the reward actor (empty: the response is the one answer); `attempts_correct` is its verdict
+    # on each. `episode_end`: done, max_turns, max_tokens or env_error ("" for a single turn).
+    turns: int = 1
+    attempts: list[str] = field(default_factory=list)
+    attempts_correct: list[bool] = field(default_factory=list)
+    episode_end: str = ""
+    env_metrics: dict[str, float] = field(default_factory=dict)  # summed over the episode (tool calls, tool seconds)
+    mask_reason: str = ""  # why the sample is masked (an environment's failure, a verifier's error)
 
 
 @dataclass(frozen=True)

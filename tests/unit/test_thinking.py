@@ -9,7 +9,8 @@ import statistics
 import pytest
 import torch
 
-from ponder.actors.rollout import RolloutWorker, Sampling, Thinking, _Group, _Sample
+from ponder.actors.rollout import RolloutWorker, Sampling, Thinking
+from ponder.actors.samples import Group as _Group, Sample as _Sample
 from ponder.data.datasets import load_problems
 from ponder.data.stream import make_requests
 from ponder.data.tasks import SearchTask, digit_sum_line, generate_search_problems

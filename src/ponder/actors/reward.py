@@ -41,32 +41,41 @@ class RewardWorker:
     def score(self, *batches: list[Trajectory]) -> tuple[list[Trajectory], ScoreReport]:
         trajectories = [t for batch in batches for t in batch]
         specs = [self._specs_for(t) for t in trajectories]
+        answers = [t.attempts or [t.response_text] for t in trajectories]  # an episode's answer turns, in order
         asked = self._ask_critics(trajectories, specs)  # the critics work while the verifier processes do
-        tasks = [Task(s.name, t.response_text, t.problem, dict(s.options)) for t, ss in zip(trajectories, specs)
-                 for s in ss if s.name not in KINDS]
+        tasks = [Task(s.name, text, t.problem, dict(s.options)) for t, ss, texts in zip(trajectories, specs, answers)
+                 for text in texts for s in ss if s.name not in KINDS]
         verified = iter(self.pool.map(tasks))
         critiques = self._critic_scores(asked)
         counts: Counter[str] = Counter()
-        for i, (traj, ss) in enumerate(zip(trajectories, specs)):
-            results = []
-            for spec in ss:
-                if spec.name not in KINDS:
-                    results.append(next(verified))
-                    continue
+        for i, (traj, ss, texts) in enumerate(zip(trajectories, specs, answers)):
+            outcomes = [compose(ss, [next(verified) if s.name not in KINDS else _critic_result(critiques[s.name][i])
+                                     for s in ss]) for _ in texts]
+            for spec in (s for s in ss if s.name in KINDS):  # a critic scores the whole response, once
                 critique = critiques[spec.name][i]
-                results.append(Result("ok", critique.value) if critique.value is not None
-                               else Result("error", error=f"{spec.name} gave no score"))
                 traj.step_scores = traj.step_scores + [(end, spec.weight * v) for end, v in critique.steps]
                 counts[f"{spec.name}_unscored"] += critique.value is None
-            outcome = compose(ss, results)
-            traj.reward, traj.reward_terms, traj.masked = outcome.reward, outcome.terms, outcome.masked
-            traj.correct = outcome.terms.get(self.cfg.accuracy_from, 0.0) >= 1.0
-            counts.update({"timeouts": len(outcome.timeouts), "over_limit": len(outcome.over_limit),
-                           "errors": len(outcome.errors), "masked": outcome.masked})
+            self._settle(traj, outcomes)
+            counts.update({"timeouts": sum(len(o.timeouts) for o in outcomes), "errors": sum(len(o.errors) for o in
+                           outcomes), "over_limit": sum(len(o.over_limit) for o in outcomes), "masked": traj.masked})
         report = ScoreReport(counts={f"reward/{k}": float(v) for k, v in counts.items()},
                              rewards=tuple(t.reward for t in trajectories if not t.masked),
                              masked=sum(t.masked for t in trajectories), pid=os.getpid())
         return trajectories, report
+
+    def _settle(self, traj: Trajectory, outcomes: list[RewardOutcome]) -> None:
+        """The final answer's score is the sample's; a wrong first answer fixed by the last earns the revision bonus.
+        A verifier's error masks the sample (an environment's failure has masked it already, with its reason)."""
+        final = outcomes[-1]
+        traj.attempts_correct = [o.terms.get(self.cfg.accuracy_from, 0.0) >= 1.0 for o in outcomes]
+        traj.correct = traj.attempts_correct[-1]
+        if len(outcomes) > 1 and self.cfg.revision_bonus and traj.correct and not traj.attempts_correct[0]:
+            final.terms["revision_bonus"] = self.cfg.revision_bonus
+            final.reward += self.cfg.revision_bonus
+        traj.reward, traj.reward_terms = final.reward, final.terms
+        errors = [e for o in outcomes for e in o.errors]
+        if errors and not traj.masked:
+            traj.masked, traj.mask_reason = True, "; ".join(errors)[:500]
 
     def _ask_critics(self, trajectories: list[Trajectory], specs: list[list[RewardSpec]]) -> dict[str, tuple]:
         """Per critic in use: (indices of the trajectories it scores, the ref of its answer)."""
@@ -96,6 +105,10 @@ class RewardWorker:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _critic_result(critique: CriticScore) -> Result:
+    return Result("ok", critique.value) if critique.value is not None else Result("error", error="no score")
 
 
 def compose(specs: list[RewardSpec], results: list[Result]) -> RewardOutcome:

@@ -13,6 +13,11 @@ run's samples are reproducible. With a thinking budget (`Thinking`, budget forci
 thinking stops at the budget or at `</think>`; the engine thread then appends environment text (the closing text and
 answer prefix, or a continuation cue that replaces an early close) and submits the sample again with everything so far
 as its prompt, so the policy's own tokens keep their exact logprobs and the environment's are marked as not sampled.
+Multi-turn episodes (`rollout.env`) use the same segments: a model turn ends at EOS, at one of the environment's stop
+strings or at the per-turn cap; the environment answers it on a small thread pool (`envs/`: a tool run in the
+sandbox, a critique), so decoding of other samples goes on meanwhile; its observation is appended as environment
+tokens and the next turn is submitted with the whole episode as its prompt (the prefix cache keeps the earlier KV). A
+failing or hung environment step masks its episode with the reason; episodes end cleanly at the turn and token caps.
 Weights arrive as a `WeightsVersion` handle, fetched and verified by the transport's receiver (`ponder.transport`),
 then reloaded in place. A plain
 class; Ray (a threaded actor) is applied in `platform/cluster.py`.
@@ -25,103 +30,22 @@ import itertools
 import os
 import queue
 import threading
+import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
+from ponder.actors.samples import Group, Sample, Sampling, Thinking, token_versions
+from ponder.envs.registry import make as make_env
 from ponder.data.template import THINK_CLOSE
 from ponder.platform.config import RolloutConfig
 from ponder.seeding import derive_seed
 from ponder.transport import WeightReceiver, engine_options, open_receiver, this_node
 from ponder.types import GenerationReport, GroupMeta, RolloutRequest, Trajectory, WeightsVersion
 
-
-@dataclass(frozen=True)
-class Sampling:
-    """Per-call sampling settings (training and evaluation use the same engine with different ones)."""
-
-    n: int
-    temperature: float
-    top_p: float
-    max_tokens: int
-    # EOS is suppressed before this many tokens (length-controlled runs, benchmarks); the logprobs recorded for those
-    # tokens are of that suppressed distribution, which is the one that sampled them.
-    min_tokens: int = 0
-    # Keep sampling past EOS up to max_tokens without changing the distribution (exact lengths for benchmarks).
-    ignore_eos: bool = False
-    regex: Optional[str] = None  # structured output: completions must match it (a judge's "Score: N" line)
-    thinking: Optional["Thinking"] = None  # budget forcing; None: one request per sample, thinking unbounded
-
-
-@dataclass(frozen=True)
-class Thinking:
-    """Budget forcing (s1). A sample thinks for at most `budget` tokens (a request's own `thinking_budget` overrides
-    it; None = unbounded); then `close` and `answer_prefix` are appended and it goes on to answer, so a response always
-    ends with an answer. A think block the model closes itself is reopened with `cue` up to `extend` times (think
-    longer). Appended text is the environment's: recorded, never trained on."""
-
-    budget: Optional[int] = None
-    extend: int = 0
-    cue: str = "Wait"
-    close: str = "\n" + THINK_CLOSE + "\n"
-    answer_prefix: str = "\\boxed{"
-
-    @classmethod
-    def of(cls, cfg: RolloutConfig) -> Optional["Thinking"]:
-        """The configured budget forcing, or None when there is none. With several budgets the per-prompt draw is in
-        the requests (`data.stream.make_requests`)."""
-        if not cfg.thinking_budget and not cfg.thinking_extend:
-            return None
-        budget = cfg.thinking_budget[0] if len(cfg.thinking_budget) == 1 else None
-        return cls(budget, cfg.thinking_extend, cfg.thinking_cue, answer_prefix=cfg.answer_prefix)
-
-
-@dataclass
-class _Sample:
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    versions: list[int] = field(default_factory=list)
-    sampled: list[int] = field(default_factory=list)  # 1: the policy's token; 0: the environment's
-    finish_reason: str = "unknown"
-    thinking: bool = False  # in the think block (only tracked with a thinking budget)
-    thinking_tokens: Optional[int] = None
-    forced: bool = False
-    extensions: int = 0
-    segments: int = 0  # requests this sample has been generated in
-    segment_start: int = 0  # where the running request's tokens begin in token_ids
-
-    def append(self, token_ids: list[int], logprobs: list[float], versions: list[int], sampled: int) -> None:
-        self.token_ids += token_ids
-        self.logprobs += logprobs
-        self.versions += versions
-        self.sampled += [sampled] * len(token_ids)
-
-    def truncate(self, length: int) -> None:
-        for seq in (self.token_ids, self.logprobs, self.versions, self.sampled):
-            del seq[length:]
-
-
-@dataclass
-class _Group:
-    request: RolloutRequest
-    sampling: Sampling
-    prompt_ids: list[int]
-    samples: list[_Sample]
-    remaining: int
-    on_done: Callable[[list[Trajectory]], None]
-
-    @property
-    def max_tokens(self) -> int:
-        return self.request.max_tokens or self.sampling.max_tokens
-
-    @property
-    def budget(self) -> Optional[int]:
-        thinking = self.sampling.thinking
-        if thinking is None:
-            return None
-        return self.request.thinking_budget if self.request.thinking_budget is not None else thinking.budget
+__all__ = ["RolloutWorker", "Sampling", "Thinking", "token_versions"]
 
 
 @dataclass
@@ -135,8 +59,19 @@ class _Submission:
 @dataclass
 class _Command:
     run: Callable[[], object]
-    interrupt: bool  # True: at the next step boundary; False: once no request is running
+    interrupt: bool  # True: at the next step boundary; False: once no request or episode is running
     done: Future
+
+
+@dataclass
+class _EnvStep:
+    """An environment step of one episode, on the environment's threads: its turn's text, the answer, a deadline."""
+
+    group: Group
+    k: int
+    turn: str
+    deadline: float
+    reply: Optional[Future] = None
 
 
 class RolloutWorker:
@@ -163,7 +98,11 @@ class RolloutWorker:
         self._inbox: queue.Queue = queue.Queue()
         self._waiting: deque[_Submission] = deque()
         self._commands: deque[_Command] = deque()
-        self._live: dict[str, tuple[_Group, int]] = {}  # request id -> (its group, sample index)
+        self._live: dict[str, tuple[Group, int]] = {}  # request id -> (its group, sample index)
+        self.env_cfg = cfg.env
+        self.env = make_env(cfg.env.name, dict(cfg.env.options)) if cfg.env.name else None
+        self._env_threads = ThreadPoolExecutor(cfg.env.threads, "env-step") if self.env else None
+        self._env_steps: dict[int, _EnvStep] = {}  # id of the sample -> its environment step in flight
         self._ids = itertools.count()
         self._paused = False  # the core scheduler is paused (weights being replaced): do not wait on its outputs
         self._error: BaseException | None = None
@@ -233,7 +172,7 @@ class RolloutWorker:
         """Liveness and load; raises the engine thread's error (with its cause) if it died."""
         self._check()
         return {"version": self.version, "running": len(self._live), "waiting": len(self._waiting),
-                "tokens_generated": self.tokens_generated, "pid": os.getpid()}
+                "env_steps": len(self._env_steps), "tokens_generated": self.tokens_generated, "pid": os.getpid()}
 
     # -- NCCL weight sync (GPU): driven by the learner through transport.nccl.RolloutFanoutClient ------------------
     # A push spans several calls; the engine core's scheduler stays paused from start to finish, so no token is
@@ -275,6 +214,9 @@ class RolloutWorker:
         self.engine.engine_core.shutdown()
         for receiver in self._receivers.values():
             receiver.close()
+        if self.env is not None:
+            self._env_threads.shutdown(wait=False, cancel_futures=True)
+            self.env.close()
 
     # -- the engine thread ------------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -282,6 +224,7 @@ class RolloutWorker:
             while not self._stop.is_set():
                 stepping = self.engine.has_unfinished_requests() and not self._paused
                 self._drain_inbox(block=not stepping)
+                self._expire_env_steps()
                 self._run_due_commands()
                 self._admit()
                 if self.engine.has_unfinished_requests() and not self._paused:
@@ -293,13 +236,16 @@ class RolloutWorker:
         try:
             item = self._inbox.get(timeout=0.1) if block else self._inbox.get_nowait()
             while True:
-                (self._commands if isinstance(item, _Command) else self._waiting).append(item)
+                if isinstance(item, _EnvStep):
+                    self._env_replied(item)
+                else:
+                    (self._commands if isinstance(item, _Command) else self._waiting).append(item)
                 item = self._inbox.get_nowait()
         except queue.Empty:
             return
 
     def _run_due_commands(self) -> None:
-        while self._commands and (self._commands[0].interrupt or not self._live):
+        while self._commands and (self._commands[0].interrupt or not (self._live or self._env_steps)):
             command = self._commands.popleft()
             try:
                 command.done.set_result(command.run())
@@ -317,12 +263,14 @@ class RolloutWorker:
             s = sub.sampling
             for req in sub.requests:
                 ids = self.tokenizer(req.prompt_text, add_special_tokens=False)["input_ids"]
-                group = _Group(req, s, ids, [_Sample(thinking=s.thinking is not None) for _ in range(s.n)],
-                               remaining=s.n, on_done=sub.on_group)
+                group = Group(req, s, ids, [Sample(thinking=s.thinking is not None) for _ in range(s.n)],
+                              remaining=s.n, on_done=sub.on_group)
+                for sample in group.samples if self.env else ():
+                    sample.env_state = self.env.start(req.problem)
                 for k in range(s.n):
                     self._submit(group, k)
 
-    def _submit(self, group: _Group, k: int) -> None:
+    def _submit(self, group: Group, k: int) -> None:
         """Send sample k of `group` to the engine: its next segment, with everything generated so far as context."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -335,6 +283,9 @@ class RolloutWorker:
             if max_tokens <= 0:  # the budget is spent before this segment starts (a budget of 0, or cues)
                 sample.finish_reason = "length"
                 return self._submit(group, k) if self._next_segment(group, sample, closed=False) else self._done(group)
+        if self.env is not None and self.env_cfg.max_turn_tokens:
+            max_tokens = min(max_tokens, self.env_cfg.max_turn_tokens)
+        stop = [THINK_CLOSE] if sample.thinking else list(self.env.stop) if self.env is not None else None
         seed = req.seed + k if sample.segments == 0 else derive_seed(req.seed, k, sample.segments)
         sample.segments += 1
         sample.segment_start = len(sample.token_ids)
@@ -344,7 +295,7 @@ class RolloutWorker:
                                 SamplingParams(
             n=1, temperature=s.temperature, top_p=s.top_p, max_tokens=max_tokens,
             min_tokens=s.min_tokens if sample.segments == 1 else 0, ignore_eos=s.ignore_eos, logprobs=0, seed=seed,
-            stop=[THINK_CLOSE] if sample.thinking else None, include_stop_str_in_output=True,
+            stop=stop or None, include_stop_str_in_output=True,
             output_kind=RequestOutputKind.DELTA,
             structured_outputs=StructuredOutputsParams(regex=s.regex) if s.regex else None))
 
@@ -365,15 +316,17 @@ class RolloutWorker:
                                               self.version)
             if self._next_segment(group, sample, closed=delta.stop_reason == THINK_CLOSE):
                 self._submit(group, k)
+            elif self.env is not None:
+                self._env_turn(group, k)
             else:
                 self._done(group)
 
-    def _done(self, group: _Group) -> None:
+    def _done(self, group: Group) -> None:
         group.remaining -= 1
         if group.remaining == 0:
             group.on_done(self._trajectories(group))
 
-    def _next_segment(self, group: _Group, sample: _Sample, closed: bool) -> bool:
+    def _next_segment(self, group: Group, sample: Sample, closed: bool) -> bool:
         """After a segment of a sample with a thinking budget: append the environment's text and say whether the sample
         goes on (True) or is finished."""
         if not sample.thinking:
@@ -399,10 +352,63 @@ class RolloutWorker:
             return True
         return False
 
-    def _append_environment(self, sample: _Sample, ids: list[int]) -> None:
+    # -- multi-turn episodes (rollout.env): a turn is a segment; the environment answers it on its own threads -------
+    def _env_turn(self, group: Group, k: int) -> None:
+        """A model turn ended: hand its text to the environment, or end the episode at the token cap."""
+        sample = group.samples[k]
+        sample.turns += 1
+        turn = self.tokenizer.decode(sample.token_ids[sample.segment_start:], skip_special_tokens=True)
+        if len(sample.token_ids) >= group.max_tokens:
+            return self._end_episode(group, sample, "max_tokens", turn)
+        step = _EnvStep(group, k, turn, time.monotonic() + self.env_cfg.step_timeout_s)
+        self._env_steps[id(sample)] = step
+        step.reply = self._env_threads.submit(self.env.step, sample.env_state, turn)
+        step.reply.add_done_callback(lambda _: self._inbox.put(step))
+
+    def _env_replied(self, step: _EnvStep) -> None:
+        """On the engine thread: append the environment's observation and go on, or end the episode."""
+        group, sample = step.group, step.group.samples[step.k]
+        if self._env_steps.pop(id(sample), None) is not step:
+            return  # it ran past its deadline: the episode has already ended
+        try:
+            reply = step.reply.result()
+        except Exception as e:  # noqa: BLE001 - the environment's failure masks its episode, never the run
+            sample.mask_reason = f"environment error: {e!r}"[:500]
+            return self._end_episode(group, sample, "env_error", step.turn)
+        for name, value in reply.metrics.items():
+            sample.env_metrics[name] = sample.env_metrics.get(name, 0.0) + value
+        if reply.answer:
+            sample.attempts.append(step.turn)
+        if reply.done:
+            return self._end_episode(group, sample, "done", step.turn)
+        if sample.turns >= self.env_cfg.max_turns:
+            return self._end_episode(group, sample, "max_turns", step.turn)
+        observation = self._ids_of(reply.observation)
+        if len(sample.token_ids) + len(observation) >= group.max_tokens:
+            return self._end_episode(group, sample, "max_tokens", step.turn)
+        self._append_environment(sample, observation)
+        self._submit(group, step.k)
+
+    def _expire_env_steps(self) -> None:
+        now = time.monotonic()
+        for step in [s for s in self._env_steps.values() if s.deadline < now]:
+            sample = step.group.samples[step.k]
+            del self._env_steps[id(sample)]
+            sample.mask_reason = f"environment step took more than rollout.env.step_timeout_s " \
+                                 f"({self.env_cfg.step_timeout_s:g}s)"
+            self._end_episode(step.group, sample, "env_error", step.turn)
+
+    def _end_episode(self, group: Group, sample: Sample, how: str, last_turn: str) -> None:
+        """The last turn is the answer when the environment marked none."""
+        sample.episode_end = how
+        if not sample.attempts:
+            sample.attempts.append(last_turn)
+        self._done(group)
+
+    def _append_environment(self, sample: Sample, ids: list[int]) -> None:
         sample.append(ids, [0.0] * len(ids), [self.version] * len(ids), sampled=0)
 
-    def _close_start(self, sample: _Sample) -> int:
+    def _close_start(self, sample: Sample) -> int:
         """Where the `</think>` that ended the running segment begins (the tokens that spell it end the sample)."""
         start = len(sample.token_ids) - 1
         while start > sample.segment_start and THINK_CLOSE not in self.tokenizer.decode(sample.token_ids[start:]):
@@ -412,7 +418,7 @@ class RolloutWorker:
     def _ids_of(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _trajectories(self, group: _Group) -> list[Trajectory]:
+    def _trajectories(self, group: Group) -> list[Trajectory]:
         req = group.request
         out = []
         for k, s in enumerate(group.samples):
@@ -423,7 +429,9 @@ class RolloutWorker:
                 response_ids=s.token_ids, response_text=text, logprobs=s.logprobs, finish_reason=s.finish_reason,
                 policy_version=min(s.versions, default=self.version), token_versions=s.versions,
                 sampled_mask=s.sampled if 0 in s.sampled else [], thinking_tokens=thinking_tokens,
-                forced_answer=s.forced, max_tokens=group.max_tokens))
+                forced_answer=s.forced, max_tokens=group.max_tokens, turns=max(s.turns, 1), attempts=s.attempts,
+                episode_end=s.episode_end, env_metrics=s.env_metrics, masked=bool(s.mask_reason),
+                mask_reason=s.mask_reason))
         return out
 
     def _tokens_before_close(self, text: str) -> Optional[int]:
@@ -480,18 +488,3 @@ class RolloutWorker:
     def _check(self) -> None:
         if self._error is not None:
             raise RuntimeError(f"rollout engine loop failed: {self._error!r}") from self._error
-
-
-def token_versions(spans, num_tokens: int, current: int) -> list[int]:
-    """vLLM's `WeightVersionSpan`s ([start, end) -> version label) as one version per output token.
-
-    >>> from types import SimpleNamespace as Span
-    >>> token_versions([Span(version="3", start=0, end=2), Span(version="4", start=2, end=5)], 5, 4)
-    [3, 3, 4, 4, 4]
-    """
-    if not spans:  # no step was labelled (no tokens, or an engine that does not label): the weights it holds now
-        return [current] * num_tokens
-    versions = [int(spans[0].version)] * num_tokens
-    for span in spans:
-        versions[span.start : span.end] = [int(span.version)] * (span.end - span.start)
-    return versions

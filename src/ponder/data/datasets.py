@@ -12,14 +12,15 @@ from functools import partial
 from typing import Any, Callable, Iterable
 
 from ponder.data.tasks import (ArithmeticTask, SearchTask, generate_code_problems, generate_problems,
-                               generate_search_problems)
+                               generate_search_problems, with_tool_episode)
 from ponder.platform.config import TaskConfig
 from ponder.types import Problem
 
 EMBEDDED = "embedded:arithmetic"
 EMBEDDED_CODE = "embedded:code"  # write f(x) from its formula, scored by the code sandbox
 EMBEDDED_SEARCH = "embedded:search"  # long chain of thought: a search with checks, long-tailed lengths
-EMBEDDED_SOURCES = (EMBEDDED, EMBEDDED_CODE, EMBEDDED_SEARCH)
+EMBEDDED_TOOLS = "embedded:tools"  # long additions worked with the calculator tool (multi-turn, rollout.env=tools)
+EMBEDDED_SOURCES = (EMBEDDED, EMBEDDED_CODE, EMBEDDED_SEARCH, EMBEDDED_TOOLS)
 
 
 class DatasetError(ValueError):
@@ -67,6 +68,9 @@ def embedded_split(split: str, task: TaskConfig, source: str = EMBEDDED) -> list
                            task=SearchTask(task.search_min_start, task.search_max_start, task.search_max_steps))
     else:
         generate = partial(generate_problems, task=ArithmeticTask(task.min_digits, task.max_digits, task.ops))
+    if source == EMBEDDED_TOOLS:
+        arithmetic = generate
+        generate = lambda *args, **kwargs: [with_tool_episode(p) for p in arithmetic(*args, **kwargs)]  # noqa: E731
     held_out = generate(task.num_eval, task.seed + 1)
     if split == "eval":
         return held_out

@@ -73,6 +73,19 @@ def generate_problems(n: int, seed: int, task: ArithmeticTask, exclude: frozense
     return problems
 
 
+def with_tool_episode(problem: Problem) -> Problem:
+    """The tool task (`embedded:tools`): long additions, where the worked solution is an episode that hands the sum to
+    the calculator and copies its result. Segments are (text, written by the policy); the `<out>` observation is
+    the environment's (`envs/tools.py`) and is never trained on.
+
+    >>> with_tool_episode(Problem("1234567+7654321", "8888888")).metadata["episode"][:2]
+    [['<calc>1234567+7654321</calc>', True], ['<out>8888888</out>', False]]
+    """
+    episode = [[f"<calc>{problem.prompt}</calc>", True], [f"<out>{problem.answer}</out>", False],
+               [f"\n</think>\n\\boxed{{{problem.answer}}}", True]]
+    return Problem(problem.prompt, problem.answer, metadata={**problem.metadata, "episode": episode})
+
+
 def _space_size(task: ArithmeticTask) -> int:
     count = 10**task.max_digits - 10 ** (task.min_digits - 1)
     return count * count * len(task.ops) // (2 if "-" in task.ops else 1)

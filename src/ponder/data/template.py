@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ponder.types import Problem
+
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
@@ -31,3 +33,17 @@ def render_completion(reasoning: str, answer: str, answer_format: str = "boxed")
     if answer_format == "code":
         return f"{reasoning}\n{THINK_CLOSE}\n```python\n{answer}```"
     return f"{reasoning}\n{THINK_CLOSE}\n\\boxed{{{answer}}}"
+
+
+def completion_segments(problem: Problem) -> list[tuple[str, bool]]:
+    """The SFT target of a problem as (text, written by the policy) segments: its worked solution as one policy
+    segment, or its worked multi-turn episode (`metadata["episode"]`), whose environment segments are context only.
+
+    >>> completion_segments(Problem("1+2", "3", metadata={"episode": [["<calc>1+2</calc>", True], ["<out>3</out>", 0]]}))
+    [('<calc>1+2</calc>', True), ('<out>3</out>', False)]
+    """
+    episode = problem.metadata.get("episode")
+    if episode:
+        return [(text, bool(policy)) for text, policy in episode]
+    return [(render_completion(problem.solution or "", problem.answer, problem.metadata.get("answer_format", "boxed")),
+             True)]

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ponder.data.datasets import load_problems
-from ponder.data.template import render_completion, render_prompt
+from ponder.data.template import completion_segments, render_prompt
 from ponder.platform.config import DataConfig, SftConfig
 
 
@@ -34,11 +34,11 @@ def run_sft(cfg: SftConfig, data: DataConfig, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.init_dir)
     model = AutoModelForCausalLM.from_pretrained(cfg.init_dir, dtype=torch.float32)
-    examples = [(render_prompt(p.prompt, data.template),
-                 render_completion(p.solution, p.answer, p.metadata.get("answer_format", "boxed")))
-                for p in load_problems(data.train, "train", data.task) if p.solution]
+    examples = [(render_prompt(p.prompt, data.template), completion_segments(p))
+                for p in load_problems(data.train, "train", data.task) if p.solution or p.metadata.get("episode")]
     if not examples:
-        raise ValueError(f"data.train {data.train!r} has no rows with a worked 'solution' to warm-start on")
+        raise ValueError(f"data.train {data.train!r} has no rows with a worked 'solution' (or episode) to warm-start "
+                         "on")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
     rng = random.Random(cfg.seed)
@@ -60,25 +60,35 @@ def run_sft(cfg: SftConfig, data: DataConfig, progress: bool = True) -> Path:
     return out
 
 
-def _length_grouped(examples: list[tuple[str, str]], batch_size: int, rng: random.Random, pool: int = 32):
+def _length_grouped(examples: list[tuple[str, list]], batch_size: int, rng: random.Random, pool: int = 32):
     """Endless batches of examples of similar length (long-tailed data padded to each batch's longest wastes most of
     the compute otherwise): draw `pool` batches' worth at random, sort them by length, cut, and shuffle the cuts."""
     while True:
-        drawn = sorted(rng.sample(examples, min(len(examples), pool * batch_size)), key=lambda e: len(e[0]) + len(e[1]))
+        drawn = sorted(rng.sample(examples, min(len(examples), pool * batch_size)), key=lambda e: len(e[0]) + sum(len(t) for t, _ in e[1]))
         cuts = [drawn[i : i + batch_size] for i in range(0, len(drawn) - batch_size + 1, batch_size)]
         rng.shuffle(cuts)
         yield from cuts
 
 
-def _batch(tokenizer, pairs: list[tuple[str, str]]):
+def _batch(tokenizer, examples: list[tuple[str, list[tuple[str, bool]]]]):
+    """Padded ids and labels: the loss is on the policy's segments and the final EOS; the prompt and the
+    environment's segments of a worked episode are context (-100)."""
     import torch
 
-    rows = [(tokenizer(p, add_special_tokens=False)["input_ids"],
-             tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]) for p, c in pairs]
-    width = max(len(p) + len(c) for p, c in rows)
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    rows = []
+    for prompt, segments in examples:
+        ids, labels = encode(prompt), [-100] * len(encode(prompt))
+        for text, policy in segments:
+            piece = encode(text)
+            ids, labels = ids + piece, labels + (piece if policy else [-100] * len(piece))
+        rows.append((ids + [tokenizer.eos_token_id], labels + [tokenizer.eos_token_id]))
+    width = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    for i, (p, c) in enumerate(rows):
-        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
-        labels[i, len(p) : len(p) + len(c)] = torch.tensor(c)
+    for i, (row_ids, row_labels) in enumerate(rows):
+        ids[i, : len(row_ids)] = torch.tensor(row_ids)
+        labels[i, : len(row_labels)] = torch.tensor(row_labels)
     return ids, labels

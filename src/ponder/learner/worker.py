@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ponder.envs.stats import episode_stats
 from ponder.learner.advantages import grpo_advantages, length_shaping, process_advantages
 from ponder.learner.batching import Packed, chunks, pack, shard_groups
 from ponder.learner.losses import (behaviour_correction, clipped_surrogate, entropy, kl_penalty, masked_sum,
@@ -286,7 +287,7 @@ class LearnerWorker:
 
 
 def rollout_stats(trajectories: list[Trajectory]) -> dict[str, float]:
-    """Reward, accuracy, length and thinking statistics of one step's samples."""
+    """Reward, accuracy, length and thinking statistics of one step's samples (and of its episodes, if multi-turn)."""
     n = len(trajectories)
     rewards = torch.tensor([t.reward for t in trajectories])
     lengths = torch.tensor([len(t.response_ids) for t in trajectories], dtype=torch.float32)
@@ -294,7 +295,7 @@ def rollout_stats(trajectories: list[Trajectory]) -> dict[str, float]:
     terms = sorted({name for t in trajectories for name in t.reward_terms})
     per_reward = {f"rollout/reward/{name}": sum(t.reward_terms.get(name, 0.0) for t in trajectories) / n
                   for name in terms}  # each reward function's unweighted mean term
-    return per_reward | {
+    return per_reward | episode_stats(trajectories) | {
         "rollout/reward_mean": float(rewards.mean()), "rollout/reward_std": float(rewards.std(unbiased=False)),
         "rollout/accuracy": sum(t.correct for t in trajectories) / n,
         "rollout/response_len_mean": float(lengths.mean()), "rollout/response_len_max": float(lengths.max()),

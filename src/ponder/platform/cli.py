@@ -52,7 +52,7 @@ def _config(args) -> PonderConfig:
 
 
 def preflight(cfg: PonderConfig, model_path: str) -> None:
-    """Checks that need the filesystem: model, datasets, reward names. Runs before Ray starts."""
+    """Checks that need the filesystem: model, datasets, reward and environment names. Runs before Ray starts."""
     from ponder.data.datasets import load_problems
     from ponder.rewards.registry import check_options
 
@@ -63,6 +63,13 @@ def preflight(cfg: PonderConfig, model_path: str) -> None:
             check_options(spec.name, dict(spec.options), cfg.reward.timeout_s)
         except ValueError as e:
             raise UsageError(f"reward.functions: {e}") from None
+    if cfg.rollout.env.name:
+        from ponder.envs.registry import make
+
+        try:  # built and closed at once: it holds nothing until its first step
+            make(cfg.rollout.env.name, dict(cfg.rollout.env.options)).close()
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"rollout.env: {e}") from None
     names = [spec.name for spec in cfg.reward.functions]
     if cfg.reward.accuracy_from not in names:
         raise UsageError(f"reward.accuracy_from = {cfg.reward.accuracy_from!r} names no configured reward; use one of "

@@ -86,6 +86,20 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class EnvConfig:
+    """Multi-turn episodes (docs/environments.md): the model acts, the environment answers, the model acts again.
+    `name` null: one prompt, one response. Built-ins: `tools` (calculator, Python in the sandbox) and `revision`
+    (self-revision), or an import path `package.module:Name`; `options` are its keyword arguments."""
+
+    name: Optional[str] = None
+    options: dict[str, Any] = field(default_factory=dict)
+    max_turns: int = at_least(1, 4)  # model turns per episode; the episode ends after the last one
+    max_turn_tokens: int = at_least(0, 0)  # new tokens per model turn; 0 = only rollout.max_tokens (the episode's)
+    threads: int = at_least(1, 4)  # environment steps running at once per rollout actor (tool calls)
+    step_timeout_s: float = above(0, 60.0)  # an environment step slower than this masks its episode
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     """vLLM rollout actors. `num_workers` sizes the pool independently of the learner."""
 
@@ -115,6 +129,7 @@ class RolloutConfig:
     # Budget-conditioned RL: appended to the question of a sample with a thinking budget, with {budget} replaced by
     # it, e.g. " (think <= {budget})"; "" = the budget is not stated. `ponder eval` states each budget it sweeps.
     budget_prompt: str = ""
+    env: EnvConfig = field(default_factory=EnvConfig)  # multi-turn episodes; rollout.max_tokens caps a whole episode
 
 
 @dataclass(frozen=True)
@@ -136,6 +151,7 @@ class RewardConfig:
     timeout_s: float = above(0, 5.0)  # hard wall-clock limit per reward call; the process is killed after it
     memory_mb: int = at_least(64, 2048)  # address-space cap per verifier process (MemoryError: term 0)
     accuracy_from: str = "math"  # the term whose value 1.0 counts as a correct answer
+    revision_bonus: float = at_least(0, 0.0)  # multi-turn: added when the final answer is right and the first was not
     num_cpus: float = at_least(0, 0.5)
     resources: dict[str, float] = field(default_factory=dict)  # Ray custom resources per actor: pins it to a pool
 

@@ -138,6 +138,14 @@ def validate(cfg: Any) -> None:
          f"checkpoint.dir must be a local path or s3://bucket/prefix, got {cfg.checkpoint.dir!r}"),
         (not cfg.ft.auto_resume or cfg.checkpoint.every > 0,
          "ft.auto_resume restarts from the last checkpoint: set checkpoint.every > 0"),
+        (not r.env.name or not (r.thinking_budget or r.thinking_extend),
+         "rollout.env (multi-turn episodes) and budget forcing (rollout.thinking_budget / thinking_extend) cannot be "
+         "combined yet: drop one of them"),
+        (r.env.max_turn_tokens < r.max_tokens, f"rollout.env.max_turn_tokens must be below rollout.max_tokens "
+         f"({r.max_tokens}), which caps the whole episode (0: no per-turn cap)"),
+        (not cfg.reward.revision_bonus or r.env.name,
+         "reward.revision_bonus rewards a fixed first answer: it needs a multi-turn environment (rollout.env.name, "
+         "e.g. revision)"),
         (r.weight_sync != "nccl" or (r.num_gpus > 0 and lr.num_gpus > 0 and lr.zero_stage < 3),
          "rollout.weight_sync=nccl needs GPUs on both sides (rollout.num_gpus, learner.num_gpus > 0) and "
          "learner.zero_stage < 3; use weight_sync=auto otherwise"),

@@ -47,6 +47,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -358,12 +359,14 @@ class _FrameReader:
 
 class SandboxPool:
     """Keeps `warm` sandboxes started (interpreter up, harness waiting) and reuses each one that its harness proved
-    clean after a job, so a job pays only for its own run."""
+    clean after a job, so a job pays only for its own run. Thread-safe: jobs on different threads run at once, each
+    on its own sandbox (the tool environment's steps)."""
 
     def __init__(self, limits: Limits = Limits(), warm: int = 2):
         limits.check()
         self.limits, self.warm = limits, warm
         self._ready: list[Sandbox] = []
+        self._lock = threading.Lock()
         self._top_up()
 
     def job(self, code: str, kind: str, seconds: Optional[float] = None) -> "_PooledJob":
@@ -372,27 +375,31 @@ class SandboxPool:
         return _PooledJob(self, code, kind, seconds)
 
     def _take(self) -> Sandbox:
-        while self._ready:
-            box = self._ready.pop(0)
-            if box.alive():
-                return box
-            box.kill()  # killed while it waited (e.g. a verifier-process restart): never handed a job
+        with self._lock:
+            while self._ready:
+                box = self._ready.pop(0)
+                if box.alive():
+                    return box
+                box.kill()  # killed while it waited (e.g. a verifier-process restart): never handed a job
         return Sandbox(self.limits)
 
     def _give_back(self, box: Sandbox, clean: bool) -> None:
-        if clean and box.jobs < self.limits.jobs_per_sandbox:
-            self._ready.append(box)
-        else:
-            box.kill()
+        with self._lock:
+            if clean and box.jobs < self.limits.jobs_per_sandbox and len(self._ready) < self.warm:
+                self._ready.append(box)
+                return
+        box.kill()
         self._top_up()  # a discarded one is replaced now, and boots while the next job runs on another
 
     def _top_up(self) -> None:
-        while len(self._ready) < self.warm:
-            self._ready.append(Sandbox(self.limits))
+        with self._lock:
+            while len(self._ready) < self.warm:
+                self._ready.append(Sandbox(self.limits))
 
     def close(self) -> None:
-        while self._ready:
-            self._ready.pop().kill()
+        with self._lock:
+            while self._ready:
+                self._ready.pop().kill()
 
 
 class _PooledJob:

@@ -1,0 +1,63 @@
+"""Self-revision: the model answers, receives a critique, and answers again.
+
+The critique comes from
+  - `verifier`: the problem's checker (a reward function, `math` by default) run here on the answer. A right answer
+    ends the episode; a wrong one is sent back with `wrong` ("The answer 12 is wrong."), naming the model's own
+    answer, never the right one.
+  - `self`: the model critiques itself: every answer is followed by `review`, a cue to check it, and the model's
+    next turn is its review and revised answer.
+Every answer turn is marked as an answer, so the reward actor scores the first and the final one: the episode's
+reward is the final answer's, plus `reward.revision_bonus` when a wrong first answer was fixed; first-attempt and
+final accuracy and how often a revision fixes or breaks an answer are logged (`learner/worker.rollout_stats`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ponder.data.template import THINK_OPEN
+from ponder.envs.base import Reply
+from ponder.rewards.extract import last_boxed
+from ponder.types import Problem
+
+CRITIQUES = ("verifier", "self")
+
+
+class RevisionEnv:
+    """Options: `critique` (verifier or self), `check` (the reward function the verifier critique runs: a registered
+    name or import path), `revisions` (critiques per episode), and the critique texts: `wrong` ({answer} is the
+    model's answer) and `review`; each reopens the think block so the model reasons before answering again."""
+
+    stop: tuple[str, ...] = ()
+
+    def __init__(self, critique: str = "verifier", check: str = "math", revisions: int = 1,
+                 wrong: str = "\nThe answer {answer} is wrong.\n" + THINK_OPEN + "\n",
+                 review: str = "\nCheck the answer.\n" + THINK_OPEN + "\n"):
+        from ponder.rewards.registry import check_options
+
+        if critique not in CRITIQUES:
+            raise ValueError(f"critique {critique!r}: use one of {list(CRITIQUES)}")
+        if revisions < 1:
+            raise ValueError(f"revisions must be >= 1, got {revisions}")
+        self.critique, self.revisions, self.wrong, self.review = critique, revisions, wrong, review
+        self.check = check_options(check, {}) if critique == "verifier" else None
+        if self.check is None and critique == "verifier":
+            raise ValueError(f"check {check!r} is a critic actor; the verifier critique needs a reward function")
+
+    def start(self, problem: Problem) -> dict[str, Any]:
+        return {"problem": problem, "critiques": 0}
+
+    def step(self, state: dict[str, Any], turn: str) -> Reply:
+        if state["critiques"] >= self.revisions:
+            return Reply(None, answer=True)
+        if self.critique == "verifier":
+            if self.check(turn, state["problem"]) >= 1.0:
+                return Reply(None, answer=True)
+            observation = self.wrong.format(answer=last_boxed(turn) or "(none)")
+        else:
+            observation = self.review
+        state["critiques"] += 1
+        return Reply(observation, answer=True, metrics={"revision/critiques": 1.0})
+
+    def close(self) -> None:
+        pass
