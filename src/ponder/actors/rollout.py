@@ -30,15 +30,14 @@ import itertools
 import os
 import queue
 import threading
-import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from ponder.actors.episodes import EnvironmentSteps, EnvStep
 from ponder.actors.samples import Group, Sample, Sampling, Thinking, token_versions
-from ponder.envs.registry import make as make_env
 from ponder.data.template import THINK_CLOSE
 from ponder.platform.config import RolloutConfig
 from ponder.seeding import derive_seed
@@ -61,17 +60,6 @@ class _Command:
     run: Callable[[], object]
     interrupt: bool  # True: at the next step boundary; False: once no request or episode is running
     done: Future
-
-
-@dataclass
-class _EnvStep:
-    """An environment step of one episode, on the environment's threads: its turn's text, the answer, a deadline."""
-
-    group: Group
-    k: int
-    turn: str
-    deadline: float
-    reply: Optional[Future] = None
 
 
 class RolloutWorker:
@@ -99,10 +87,7 @@ class RolloutWorker:
         self._waiting: deque[_Submission] = deque()
         self._commands: deque[_Command] = deque()
         self._live: dict[str, tuple[Group, int]] = {}  # request id -> (its group, sample index)
-        self.env_cfg = cfg.env
-        self.env = make_env(cfg.env.name, dict(cfg.env.options)) if cfg.env.name else None
-        self._env_threads = ThreadPoolExecutor(cfg.env.threads, "env-step") if self.env else None
-        self._env_steps: dict[int, _EnvStep] = {}  # id of the sample -> its environment step in flight
+        self._env_steps = EnvironmentSteps(post=self._inbox.put)
         self._ids = itertools.count()
         self._paused = False  # the core scheduler is paused (weights being replaced): do not wait on its outputs
         self._error: BaseException | None = None
@@ -115,6 +100,7 @@ class RolloutWorker:
         """`sampling.n` trajectories per request, in request order, each with the engine's logprobs and versions."""
         if not requests:
             return []
+        self._env_steps.environment(sampling.env)  # a bad environment fails its caller, not the engine thread
         done: Future = Future()
         groups: dict[int, list[Trajectory]] = {}
 
@@ -145,6 +131,7 @@ class RolloutWorker:
             buffer.put.remote(GroupMeta.of(group), group, rewards[group[0].group_id % len(rewards)])
 
         self._check()
+        self._env_steps.environment(sampling.env)
         self._inbox.put(_Submission(requests, sampling, min_version, emit))
 
     def load_weights(self, handle: WeightsVersion, interrupt: bool = False) -> int:
@@ -214,9 +201,7 @@ class RolloutWorker:
         self.engine.engine_core.shutdown()
         for receiver in self._receivers.values():
             receiver.close()
-        if self.env is not None:
-            self._env_threads.shutdown(wait=False, cancel_futures=True)
-            self.env.close()
+        self._env_steps.close()
 
     # -- the engine thread ------------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -224,7 +209,10 @@ class RolloutWorker:
             while not self._stop.is_set():
                 stepping = self.engine.has_unfinished_requests() and not self._paused
                 self._drain_inbox(block=not stepping)
-                self._expire_env_steps()
+                for step in self._env_steps.expired():
+                    step.sample.mask_reason = "environment step took more than rollout.env.step_timeout_s " \
+                                              f"({step.group.sampling.env.step_timeout_s:g}s)"
+                    self._end_episode(step.group, step.sample, "env_error", step.turn)
                 self._run_due_commands()
                 self._admit()
                 if self.engine.has_unfinished_requests() and not self._paused:
@@ -236,7 +224,7 @@ class RolloutWorker:
         try:
             item = self._inbox.get(timeout=0.1) if block else self._inbox.get_nowait()
             while True:
-                if isinstance(item, _EnvStep):
+                if isinstance(item, EnvStep):
                     self._env_replied(item)
                 else:
                     (self._commands if isinstance(item, _Command) else self._waiting).append(item)
@@ -264,9 +252,8 @@ class RolloutWorker:
             for req in sub.requests:
                 ids = self.tokenizer(req.prompt_text, add_special_tokens=False)["input_ids"]
                 group = Group(req, s, ids, [Sample(thinking=s.thinking is not None) for _ in range(s.n)],
-                              remaining=s.n, on_done=sub.on_group)
-                for sample in group.samples if self.env else ():
-                    sample.env_state = self.env.start(req.problem)
+                              remaining=s.n, on_done=sub.on_group,
+                              env=self._env_steps.environment(s.env))
                 for k in range(s.n):
                     self._submit(group, k)
 
@@ -283,9 +270,9 @@ class RolloutWorker:
             if max_tokens <= 0:  # the budget is spent before this segment starts (a budget of 0, or cues)
                 sample.finish_reason = "length"
                 return self._submit(group, k) if self._next_segment(group, sample, closed=False) else self._done(group)
-        if self.env is not None and self.env_cfg.max_turn_tokens:
-            max_tokens = min(max_tokens, self.env_cfg.max_turn_tokens)
-        stop = [THINK_CLOSE] if sample.thinking else list(self.env.stop) if self.env is not None else None
+        if group.env is not None and s.env.max_turn_tokens:
+            max_tokens = min(max_tokens, s.env.max_turn_tokens)
+        stop = [THINK_CLOSE] if sample.thinking else list(group.env.stop) if group.env is not None else None
         seed = req.seed + k if sample.segments == 0 else derive_seed(req.seed, k, sample.segments)
         sample.segments += 1
         sample.segment_start = len(sample.token_ids)
@@ -316,7 +303,7 @@ class RolloutWorker:
                                               self.version)
             if self._next_segment(group, sample, closed=delta.stop_reason == THINK_CLOSE):
                 self._submit(group, k)
-            elif self.env is not None:
+            elif group.env is not None:
                 self._env_turn(group, k)
             else:
                 self._done(group)
@@ -360,15 +347,12 @@ class RolloutWorker:
         turn = self.tokenizer.decode(sample.token_ids[sample.segment_start:], skip_special_tokens=True)
         if len(sample.token_ids) >= group.max_tokens:
             return self._end_episode(group, sample, "max_tokens", turn)
-        step = _EnvStep(group, k, turn, time.monotonic() + self.env_cfg.step_timeout_s)
-        self._env_steps[id(sample)] = step
-        step.reply = self._env_threads.submit(self.env.step, sample.env_state, turn)
-        step.reply.add_done_callback(lambda _: self._inbox.put(step))
+        self._env_steps.start(group, k, turn)
 
-    def _env_replied(self, step: _EnvStep) -> None:
+    def _env_replied(self, step: EnvStep) -> None:
         """On the engine thread: append the environment's observation and go on, or end the episode."""
-        group, sample = step.group, step.group.samples[step.k]
-        if self._env_steps.pop(id(sample), None) is not step:
+        group, sample = step.group, step.sample
+        if not self._env_steps.finish(step):
             return  # it ran past its deadline: the episode has already ended
         try:
             reply = step.reply.result()
@@ -381,22 +365,13 @@ class RolloutWorker:
             sample.attempts.append(step.turn)
         if reply.done:
             return self._end_episode(group, sample, "done", step.turn)
-        if sample.turns >= self.env_cfg.max_turns:
+        if sample.turns >= group.sampling.env.max_turns:
             return self._end_episode(group, sample, "max_turns", step.turn)
         observation = self._ids_of(reply.observation)
         if len(sample.token_ids) + len(observation) >= group.max_tokens:
             return self._end_episode(group, sample, "max_tokens", step.turn)
         self._append_environment(sample, observation)
         self._submit(group, step.k)
-
-    def _expire_env_steps(self) -> None:
-        now = time.monotonic()
-        for step in [s for s in self._env_steps.values() if s.deadline < now]:
-            sample = step.group.samples[step.k]
-            del self._env_steps[id(sample)]
-            sample.mask_reason = f"environment step took more than rollout.env.step_timeout_s " \
-                                 f"({self.env_cfg.step_timeout_s:g}s)"
-            self._end_episode(step.group, sample, "env_error", step.turn)
 
     def _end_episode(self, group: Group, sample: Sample, how: str, last_turn: str) -> None:
         """The last turn is the answer when the environment marked none."""
@@ -488,3 +463,4 @@ class RolloutWorker:
     def _check(self) -> None:
         if self._error is not None:
             raise RuntimeError(f"rollout engine loop failed: {self._error!r}") from self._error
+

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ponder.data.template import THINK_CLOSE
-from ponder.platform.config import RolloutConfig
+from ponder.platform.config import EnvConfig, RolloutConfig
 from ponder.types import RolloutRequest, Trajectory
 
 
@@ -27,6 +27,7 @@ class Sampling:
     ignore_eos: bool = False
     regex: Optional[str] = None  # structured output: completions must match it (a judge's "Score: N" line)
     thinking: Optional["Thinking"] = None  # budget forcing; None: one request per sample, thinking unbounded
+    env: Optional[EnvConfig] = None  # multi-turn episodes with this environment; None: one response per sample
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class Group:
     samples: list[Sample]
     remaining: int
     on_done: Callable[[list[Trajectory]], None]
+    env: Any = None  # the Environment of a multi-turn sampling (envs/base.py)
 
     @property
     def max_tokens(self) -> int:

@@ -33,6 +33,7 @@ class RevisionEnv:
     def __init__(self, critique: str = "verifier", check: str = "math", revisions: int = 1,
                  wrong: str = "\nThe answer {answer} is wrong.\n" + THINK_OPEN + "\n",
                  review: str = "\nCheck the answer.\n" + THINK_OPEN + "\n"):
+        from ponder.rewards import critic
         from ponder.rewards.registry import check_options
 
         if critique not in CRITIQUES:
@@ -40,9 +41,10 @@ class RevisionEnv:
         if revisions < 1:
             raise ValueError(f"revisions must be >= 1, got {revisions}")
         self.critique, self.revisions, self.wrong, self.review = critique, revisions, wrong, review
+        if critique == "verifier" and check in critic.KINDS:
+            raise ValueError(f"check {check!r} is a critic actor; the verifier critique runs a reward function such "
+                             "as 'math' or an import path")
         self.check = check_options(check, {}) if critique == "verifier" else None
-        if self.check is None and critique == "verifier":
-            raise ValueError(f"check {check!r} is a critic actor; the verifier critique needs a reward function")
 
     def start(self, problem: Problem) -> dict[str, Any]:
         return {"problem": problem, "critiques": 0}

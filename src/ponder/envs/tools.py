@@ -23,6 +23,7 @@ import operator
 import re
 import threading
 import time
+from dataclasses import fields
 from typing import Any, Optional
 
 from ponder.envs.base import Reply
@@ -108,6 +109,10 @@ class ToolEnv:
         unknown = sorted(set(tools) - set(TOOLS))
         if unknown or not tools:
             raise ValueError(f"tools {list(tools)}: the tools are {list(TOOLS)}")
+        unknown = sorted(set(limits) - {f.name for f in fields(Limits)})
+        if unknown:
+            raise ValueError(f"the tools environment has no option(s) {unknown}; it takes tools, max_calls, "
+                             f"max_output_chars, warm and the sandbox limits {[f.name for f in fields(Limits)]}")
         self.tools, self.max_calls, self.max_output_chars, self.warm = tuple(tools), max_calls, max_output_chars, warm
         self.limits = Limits(**limits)  # unknown limit names fail here, at configuration time
         self.limits.check()

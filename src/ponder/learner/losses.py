@@ -44,11 +44,11 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
     per_token = torch.maximum(unclipped, clipped)
     if weights is not None:
         per_token = per_token * weights
-    loss = (per_token * mask).sum() / normaliser
+    loss = masked_sum(per_token, mask) / normaliser
     with torch.no_grad():
         n = mask.sum().clamp(min=1)
-        metrics = {"clip_frac": float(((clipped > unclipped).float() * mask).sum() / n),
-                   "ratio_mean": float((ratio * mask).sum() / n)}
+        metrics = {"clip_frac": float(masked_sum((clipped > unclipped).float(), mask) / n),
+                   "ratio_mean": float(masked_sum(ratio, mask) / n)}
     return loss, metrics
 
 
@@ -70,7 +70,7 @@ def behaviour_correction(prox_logp: torch.Tensor, behaviour_logp: torch.Tensor, 
     """
     with torch.no_grad():
         raw = torch.exp(prox_logp - behaviour_logp)
-        capped = (raw > cap).float() * mask
+        capped = torch.where(mask != 0, (raw > cap).float(), 0.0)
         if mode == "none":
             weights, keep = torch.ones_like(raw), mask
         elif mode == "tis":
@@ -80,10 +80,10 @@ def behaviour_correction(prox_logp: torch.Tensor, behaviour_logp: torch.Tensor, 
         else:
             raise ValueError(f"unknown off-policy correction {mode!r}; use none, tis or decoupled")
         n = mask.sum().clamp(min=1)
-        metrics = {"is_weight_mean": float((raw * mask).sum() / n),
-                   "is_weight_max": float((raw * mask).max()) if mask.any() else 1.0,
+        metrics = {"is_weight_mean": float(masked_sum(raw, mask) / n),
+                   "is_weight_max": float(raw[mask != 0].max()) if mask.any() else 1.0,
                    "is_capped_frac": float(capped.sum() / n),
-                   "behaviour_kl": float((kl_penalty(behaviour_logp, prox_logp, "k3") * mask).sum() / n)}
+                   "behaviour_kl": float(masked_sum(kl_penalty(behaviour_logp, prox_logp, "k3"), mask) / n)}
     return weights, keep, metrics
 
 
@@ -103,4 +103,26 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> to
 
 
 def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum()
+    """Sum of values * mask where the mask is not 0. Exact: whatever sits outside the mask (inf, NaN: an environment
+    token's placeholder behaviour logprob) adds nothing, to the sum or to its gradient.
+
+    >>> masked_sum(torch.tensor([1.0, float("inf"), 3.0]), torch.tensor([1.0, 0.0, 0.5]))
+    tensor(2.5000)
+    """
+    return torch.where(mask != 0, values * mask, torch.zeros_like(values)).sum()
+
+
+def policy_loss(logp: torch.Tensor, prox_logp: torch.Tensor, behaviour_logp: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, algo, normaliser: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The GRPO policy loss of one micro-batch: the clipped surrogate against the proximal policy, reweighted for the
+    engine's behaviour policy (`behaviour_correction`), on the tokens of `mask` only (the policy's own response
+    tokens; an environment's tokens are context). `algo`: the AlgoConfig. Exact: what sits outside the mask (an
+    environment token's placeholder behaviour logprob, its advantage) reaches neither the loss nor its gradient."""
+    outside = mask == 0
+    behaviour_logp = torch.where(outside, prox_logp, behaviour_logp)
+    if advantages.dim() == 2:
+        advantages = torch.where(outside, 0.0, advantages)
+    weights, keep, stats = behaviour_correction(prox_logp, behaviour_logp, mask, algo.off_policy, algo.is_cap)
+    loss, surrogate_stats = clipped_surrogate(logp, prox_logp, advantages, keep, algo.clip_low, algo.clip_high,
+                                              normaliser, weights)
+    return loss, stats | surrogate_stats

@@ -22,8 +22,7 @@ import torch
 from ponder.envs.stats import episode_stats
 from ponder.learner.advantages import grpo_advantages, length_shaping, process_advantages
 from ponder.learner.batching import Packed, chunks, pack, shard_groups
-from ponder.learner.losses import (behaviour_correction, clipped_surrogate, entropy, kl_penalty, masked_sum,
-                                  token_logprobs)
+from ponder.learner.losses import entropy, kl_penalty, masked_sum, policy_loss, token_logprobs
 from ponder.storage.checkpoints import CheckpointError, CheckpointTarget
 from ponder.platform.config import AlgoConfig, LearnerConfig, parse_cores
 from ponder.seeding import rng_state, set_rng_state
@@ -155,11 +154,8 @@ class LearnerWorker:
             logp, logits = self._logprobs(p, grad=True)
             prox_logp = logp.detach() if old is None else old[i]
             mask = p.response_mask.to(logp.device)
-            weights, keep, is_stats = behaviour_correction(prox_logp, p.behaviour_logprobs.to(logp.device), mask,
-                                                           self.algo.off_policy, self.algo.is_cap)
-            loss, stats = clipped_surrogate(logp, prox_logp, p.advantages.to(logp.device), keep,
-                                            self.algo.clip_low, self.algo.clip_high, normaliser, weights)
-            stats.update(is_stats)
+            loss, stats = policy_loss(logp, prox_logp, p.behaviour_logprobs.to(logp.device),
+                                      p.advantages.to(logp.device), mask, self.algo, normaliser)
             ent = entropy(logits)
             if self.algo.entropy_coef:
                 loss = loss - self.algo.entropy_coef * masked_sum(ent, mask) / normaliser

@@ -131,6 +131,11 @@ class RolloutConfig:
     budget_prompt: str = ""
     env: EnvConfig = field(default_factory=EnvConfig)  # multi-turn episodes; rollout.max_tokens caps a whole episode
 
+    @property
+    def episodes(self) -> Optional[EnvConfig]:
+        """The environment when samples are multi-turn episodes, else None."""
+        return self.env if self.env.name else None
+
 
 @dataclass(frozen=True)
 class RewardSpec:

@@ -114,7 +114,7 @@ def run_attempt(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, s
                 train_set: list, eval_set: list, result: TrainResult) -> None:
     """One life of the cluster: start every actor, restore `start` if given, train to the last step, finish."""
     t, out = cfg.trainer, Path(cfg.trainer.output_dir)
-    greedy = Sampling(1, 0.0, 1.0, cfg.rollout.max_tokens)
+    greedy = Sampling(1, 0.0, 1.0, cfg.rollout.max_tokens, env=cfg.rollout.episodes)
     weights_dir = Path(cfg.cluster.shm_dir) / f"ponder-{tracker.run_id}"
     try:
         with Cluster(cfg) as cluster:

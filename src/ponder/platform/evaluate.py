@@ -53,7 +53,7 @@ def evaluate_model(model_dir: str, cfg: PonderConfig, progress=None) -> EvalResu
             if progress:
                 progress(f"greedy, thinking budget {budget or 'none'}")
             greedy = rollout_and_score(rollouts, rewards, problems, cfg.data.template,
-                                       Sampling(1, 0.0, 1.0, max_tokens, thinking=thinking), cfg.seed,
+                                       Sampling(1, 0.0, 1.0, max_tokens, thinking=thinking, env=cfg.rollout.episodes), cfg.seed,
                                        budget_prompt=cfg.rollout.budget_prompt)
             result.metrics.update(heldout_metrics(greedy, prefix=f"{prefix}greedy"))
             result.points.append(greedy_point(greedy, budget))
@@ -62,7 +62,7 @@ def evaluate_model(model_dir: str, cfg: PonderConfig, progress=None) -> EvalResu
                     progress(f"{cfg.eval.k} samples per problem, thinking budget {budget or 'none'}")
                 sampled = rollout_and_score(rollouts, rewards, problems, cfg.data.template,
                                             Sampling(cfg.eval.k, cfg.eval.temperature, 1.0, max_tokens,
-                                                     thinking=thinking), cfg.seed,
+                                                     thinking=thinking, env=cfg.rollout.episodes), cfg.seed,
                                             budget_prompt=cfg.rollout.budget_prompt)
                 result.metrics.update(heldout_metrics(sampled, prefix=f"{prefix}sampled"))
                 result.points.extend(sampled_points(sampled, budget))

@@ -46,7 +46,8 @@ def step_source(cfg: PonderConfig, cluster: Cluster, rollouts: RolloutPool, rewa
     """The configured mode's source, going on after `step` with `batches_drawn` and `accounting` (a resumed run's;
     zeros for a new one)."""
     r, t = cfg.rollout, cfg.trainer
-    sampling = Sampling(r.samples_per_prompt, r.temperature, r.top_p, r.max_tokens, thinking=Thinking.of(r))
+    sampling = Sampling(r.samples_per_prompt, r.temperature, r.top_p, r.max_tokens, thinking=Thinking.of(r),
+                        env=r.episodes)
     stream = PromptStream(train_set, t.prompts_per_step, cfg.seed)
 
     def prompt_batch(index: int) -> list:  # the index-th batch of the run (= its step in sync mode), from 1
