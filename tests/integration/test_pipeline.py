@@ -13,7 +13,7 @@ from ponder.data.datasets import load_problems
 from ponder.data.stream import make_requests
 from ponder.data.tiny_model import build_tokenizer
 from ponder.platform.cluster import Cluster
-from ponder.platform.config import load_config
+from ponder.platform.config import EnvConfig, load_config
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +141,32 @@ def test_thinking_budget_forces_the_answer_and_keeps_logprobs_exact(parts):
     assert metrics["rollout/forced_answer_frac"] == 1.0 and metrics["rollout/thinking_tokens_mean"] == 20
     assert metrics["rollout/environment_tokens"] == len(trajectories) * len(forced)
     assert math.isfinite(metrics["train/loss"]) and metrics["train/logprob_mismatch"] < 1.0
+
+
+def test_multi_turn_episodes_keep_exact_logprobs_and_train_on_policy_tokens_only(parts):
+    """Self-revision episodes on the real engine after a push: the model answers, is told to check, and answers again,
+    twice. The cues are environment tokens; every policy token of every turn carries the learner's own logprob and the
+    version that sampled it; and the learner trains on the policy's tokens only (an environment token's behaviour
+    logprob is a placeholder 0, so training on one would show in train/logprob_mismatch)."""
+    _, rollout, reward, learner, problems = parts
+    one_step(parts, step=8)
+    cue = "\nCheck.\n"
+    env = EnvConfig(name="revision", options={"critique": "self", "revisions": 2, "review": cue}, max_turns=3,
+                    max_turn_tokens=8)
+    episodes = Sampling(n=2, temperature=1.0, top_p=1.0, max_tokens=60, env=env)
+    generated = rollout.generate.remote(make_requests(problems[:2], "think", 0, 9), episodes)
+    scored, _ = reward.score.options(num_returns=2).remote(generated)
+    trajectories = ray.get(scored)
+    for t in trajectories:
+        assert (t.turns, t.episode_end, len(t.attempts), len(t.attempts_correct)) == (3, "done", 3, 3)
+        assert len(t.sampled_mask) - sum(t.sampled_mask) == 2 * len(cue) and t.response_text.count(cue) >= 2
+        assert set(t.token_versions) == {8} and t.policy_version == 8
+        policy = [i for i, s in enumerate(t.sampled_mask) if s]
+        assert policy[0] == 0 and len(policy) >= 3  # at least one token a turn
+        ours = ray.get(learner.forward_logprobs.remote(t.prompt_ids, t.response_ids))
+        worst = max(abs(ours[i] - t.logprobs[i]) for i in policy)
+        assert worst < LOGPROB_TOLERANCE, f"max |logprob difference| on policy tokens across turns: {worst:.2e}"
+    metrics = ray.get(learner.train.remote(scored))
+    assert metrics["episode/turns_mean"] == 3 and metrics["episode/end_done"] == 1.0
+    assert metrics["rollout/environment_tokens"] == len(trajectories) * 2 * len(cue)
+    assert metrics["train/logprob_mismatch"] < LOGPROB_TOLERANCE

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ponder.actors.reward import RewardWorker, compose
+from ponder.envs.tools import ToolEnv
 from ponder.platform.config import RewardConfig, RewardSpec
 from ponder.rewards import code as code_module
 from ponder.rewards.code import code_reward
@@ -292,3 +293,31 @@ def test_no_isolation_no_scoring(host, monkeypatch):
         pool.close()
     assert result.status == "error" and "SandboxError" in result.error
     assert compose([RewardSpec("code", 1.0)], [result]).masked
+
+
+TOOL_HOSTILE = ["cpu loop", "sleep", "memory bomb", "fork bomb", "disk fill", "kill parent", "kill -1",
+                "orphaned child", "huge return value", "ptrace the harness"]
+
+
+@pytest.fixture(scope="module")
+def python_tool():
+    env = ToolEnv(tools=["python"], warm=1, case_cpu_s=1.0, case_timeout_s=1.5, timeout_s=6.0)
+    yield env
+    env.close()
+
+
+@pytest.mark.parametrize("name", TOOL_HOSTILE + sorted(set(STEAL) - {"the test's expected value"}))
+def test_hostile_tool_call_is_contained(host, python_tool, name):
+    """The hostile programs sent as a model's tool call: the episode gets an observation (an error, or a harmless
+    output), never a secret or a network reply; the host is unchanged; the next honest call in the same episode works."""
+    code = HOSTILE.get(name) or STEAL[name][0]
+    arg = {"~/.aws credentials": repr(str(host["secrets_dir"] / "credentials")),
+           "host loopback TCP": host["tcp_port"], "host loopback UDP": host["udp_port"]}.get(name, "")
+    before = _host_state()
+    state = python_tool.start(Problem("p", "42"))
+    reply = python_tool.step(state, f"<python>{code}\nprint(f({arg}))</python>")
+    assert reply.observation.startswith("<out>") and reply.observation.endswith("</out>") and not reply.answer
+    leaked = [s for s in (SECRET, "pong", "connected", "resolved", "root:") if s in reply.observation]
+    assert not leaked, f"{name}: the observation shows {leaked}"
+    assert _host_state() == before, f"{name} changed the host"
+    assert python_tool.step(state, "<python>print(6 * 7)</python>").observation == "<out>42</out>"
