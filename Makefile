@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 
-.PHONY: setup system-packages demo demo-search test test-unit test-fast bench bench-trl-setup bench-trl config-reference lock-cpu-image clean
+.PHONY: setup system-packages demo demo-search demo-tools test test-unit test-fast bench bench-trl-setup bench-trl config-reference lock-cpu-image clean
 
 setup: $(STAMP) system-packages
 
@@ -35,6 +35,12 @@ demo-search: setup
 	$(BIN)/ponder sft configs/search.yaml
 	$(BIN)/ponder train configs/search.yaml
 	$(BIN)/ponder eval outputs/search/final_model configs/search.yaml
+
+# Tool use (docs/environments.md): long additions with a calculator tool, multi-turn episodes end to end.
+demo-tools: setup
+	$(BIN)/ponder init-model configs/tools.yaml
+	$(BIN)/ponder sft configs/tools.yaml
+	$(BIN)/ponder train configs/tools.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q --timeout=1800 --durations=15

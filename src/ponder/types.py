@@ -27,6 +27,7 @@ class RolloutRequest:
     seed: int
     max_tokens: Optional[int] = None  # per-request length cap (benchmarks with a long-tailed length mix)
     thinking_budget: Optional[int] = None  # per-request thinking budget (overrides the sampling's; budget forcing)
+    chat: bool = False  # prompt_text is a user message: the engine renders it with the model's own chat template
 
 
 @dataclass

@@ -11,6 +11,7 @@ import ray
 from ponder.actors.rollout import Sampling, Thinking
 from ponder.data.datasets import load_problems
 from ponder.data.stream import make_requests
+from ponder.data.template import chat_prompt
 from ponder.data.tiny_model import build_tokenizer
 from ponder.platform.cluster import Cluster
 from ponder.platform.config import EnvConfig, load_config
@@ -170,3 +171,21 @@ def test_multi_turn_episodes_keep_exact_logprobs_and_train_on_policy_tokens_only
     assert metrics["episode/turns_mean"] == 3 and metrics["episode/end_done"] == 1.0
     assert metrics["rollout/environment_tokens"] == len(trajectories) * 2 * len(cue)
     assert metrics["train/logprob_mismatch"] < LOGPROB_TOLERANCE
+
+
+def test_chat_template_episodes_on_the_real_engine(parts):
+    """`data.template=chat`: the engine renders the prompt with the model's own chat template (the tiny tokenizer
+    carries a ChatML one) and each observation as a message of that template; policy logprobs stay exact."""
+    _, rollout, _, learner, problems = parts
+    tokenizer = build_tokenizer()
+    env = EnvConfig(name="revision", options={"critique": "self", "revisions": 1, "review": "Check."},
+                    max_turns=2, max_turn_tokens=6)
+    generated = ray.get(rollout.generate.remote(make_requests(problems[:1], "chat", 0, 10),
+                                                Sampling(n=2, temperature=1.0, top_p=1.0, max_tokens=60, env=env)))
+    for t in generated:
+        assert tokenizer.decode(t.prompt_ids) == chat_prompt(tokenizer, problems[0].prompt)
+        environment = tokenizer.decode([i for i, s in zip(t.response_ids, t.sampled_mask) if not s])
+        assert environment.endswith("<|im_start|>user\nCheck.<|endoftext|>\n<|im_start|>assistant\n")
+        ours = ray.get(learner.forward_logprobs.remote(t.prompt_ids, t.response_ids))
+        worst = max(abs(a - b) for a, b, s in zip(ours, t.logprobs, t.sampled_mask) if s)
+        assert worst < LOGPROB_TOLERANCE and t.turns == 2

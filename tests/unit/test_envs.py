@@ -129,7 +129,7 @@ class _Episode:
     """Drives RolloutWorker's episode rules without an engine: the real tokenizer and environment, text in, text out.
     Submissions of a next turn are recorded instead of reaching an engine."""
 
-    def __init__(self, env: EnvConfig, max_tokens: int = 200):
+    def __init__(self, env: EnvConfig, max_tokens: int = 200, chat: bool = False):
         self.worker = object.__new__(RolloutWorker)
         self.inbox: queue.Queue = queue.Queue()
         self.worker.tokenizer, self.worker.version, self.worker.tokens_generated = build_tokenizer(), 5, 0
@@ -137,7 +137,7 @@ class _Episode:
         self.submitted, self.finished = 0, []
         self.worker._submit = lambda group, k: setattr(self, "submitted", self.submitted + 1)
         sampling = Sampling(1, 1.0, 1.0, max_tokens, env=env)
-        request = RolloutRequest(0, Problem("12+30", "42"), "12+30\n<think>\n", seed=1)
+        request = RolloutRequest(0, Problem("12+30", "42"), "12+30\n<think>\n", seed=1, chat=chat)
         self.group = Group(request, sampling, [1], [Sample()], 1, self.finished.append,
                            env=self.worker._env_steps.environment(env))
         self.sample = self.group.samples[0]
@@ -170,6 +170,16 @@ def test_an_episode_alternates_policy_and_environment_tokens():
     assert (t.turns, t.episode_end, t.attempts, t.masked) == (2, "done", ["\n</think>\n\\boxed{42}"], False)
     assert t.sampled_mask == run.sample.sampled and t.env_metrics["tool/calls"] == 1.0
     assert len(t.sampled_mask) == len(t.response_ids) == len(t.logprobs) == len(t.token_versions)
+
+
+def test_with_the_chat_template_observations_are_messages_of_the_models_own_template():
+    run = _Episode(EnvConfig(name="tools", chat_role="tool"), chat=True)
+    run.turn("<calc>12+30</calc>")  # a tool call: the model did not close its turn, the template's close comes first
+    eos = run.worker.tokenizer.eos_token
+    written = run.worker.tokenizer.decode(run.sample.token_ids[18:])
+    assert written == f"{eos}\n<|im_start|>tool\n<out>42</out>{eos}\n<|im_start|>assistant\n"
+    run.turn("\\boxed{42}" + eos)  # the answer, closed by the model itself
+    assert run.trajectory.episode_end == "done" and run.trajectory.attempts == ["\\boxed{42}"]
 
 
 def test_episodes_end_cleanly_at_the_turn_and_token_limits():

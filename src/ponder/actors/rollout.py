@@ -38,7 +38,7 @@ from typing import Callable, Optional
 
 from ponder.actors.episodes import EnvironmentSteps, EnvStep
 from ponder.actors.samples import Group, Sample, Sampling, Thinking, token_versions
-from ponder.data.template import THINK_CLOSE
+from ponder.data.template import THINK_CLOSE, chat_observation, chat_prompt
 from ponder.platform.config import RolloutConfig
 from ponder.seeding import derive_seed
 from ponder.transport import WeightReceiver, engine_options, open_receiver, this_node
@@ -100,7 +100,7 @@ class RolloutWorker:
         """`sampling.n` trajectories per request, in request order, each with the engine's logprobs and versions."""
         if not requests:
             return []
-        self._env_steps.environment(sampling.env)  # a bad environment fails its caller, not the engine thread
+        self._check_requests(requests, sampling)
         done: Future = Future()
         groups: dict[int, list[Trajectory]] = {}
 
@@ -131,7 +131,7 @@ class RolloutWorker:
             buffer.put.remote(GroupMeta.of(group), group, rewards[group[0].group_id % len(rewards)])
 
         self._check()
-        self._env_steps.environment(sampling.env)
+        self._check_requests(requests, sampling)
         self._inbox.put(_Submission(requests, sampling, min_version, emit))
 
     def load_weights(self, handle: WeightsVersion, interrupt: bool = False) -> int:
@@ -250,7 +250,7 @@ class RolloutWorker:
         for sub in ready:
             s = sub.sampling
             for req in sub.requests:
-                ids = self.tokenizer(req.prompt_text, add_special_tokens=False)["input_ids"]
+                ids = self._ids_of(chat_prompt(self.tokenizer, req.prompt_text) if req.chat else req.prompt_text)
                 group = Group(req, s, ids, [Sample(thinking=s.thinking is not None) for _ in range(s.n)],
                               remaining=s.n, on_done=sub.on_group,
                               env=self._env_steps.environment(s.env))
@@ -367,11 +367,21 @@ class RolloutWorker:
             return self._end_episode(group, sample, "done", step.turn)
         if sample.turns >= group.sampling.env.max_turns:
             return self._end_episode(group, sample, "max_turns", step.turn)
-        observation = self._ids_of(reply.observation)
+        text = reply.observation
+        if group.request.chat:  # as the model's template writes a message after an assistant turn
+            text = chat_observation(self.tokenizer, text, group.sampling.env.chat_role,
+                                    closed=sample.token_ids[-1] == self.tokenizer.eos_token_id)
+        observation = self._ids_of(text)
         if len(sample.token_ids) + len(observation) >= group.max_tokens:
             return self._end_episode(group, sample, "max_tokens", step.turn)
         self._append_environment(sample, observation)
         self._submit(group, step.k)
+
+    def _check_requests(self, requests: list[RolloutRequest], sampling: Sampling) -> None:
+        """A bad environment or a chat request without a chat template fails its caller, not the engine thread."""
+        self._env_steps.environment(sampling.env)
+        if any(r.chat for r in requests):
+            chat_prompt(self.tokenizer, "")
 
     def _end_episode(self, group: Group, sample: Sample, how: str, last_turn: str) -> None:
         """The last turn is the answer when the environment marked none."""

@@ -27,7 +27,7 @@ def make_requests(problems: list[Problem], template: str, seed: int, step: int, 
         stated = budget if budget is not None else (budgets[0] if budgets else None)
         question = p.prompt + budget_prompt.format(budget=stated) if budget_prompt and stated is not None else p.prompt
         requests.append(RolloutRequest(group_id=first_group + i, problem=p, seed=request_seed, thinking_budget=budget,
-                                       prompt_text=render_prompt(question, template)))
+                                       prompt_text=render_prompt(question, template), chat=template == "chat"))
     return requests
 
 

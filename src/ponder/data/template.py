@@ -12,8 +12,11 @@ def render_prompt(question: str, template: str = "think") -> str:
 
     >>> render_prompt("12+30")
     '12+30\\n<think>\\n'
+
+    With `template` "chat" the question is a user message, rendered by the engine with the model's own chat template
+    (`chat_prompt_ids`).
     """
-    if template == "none":
+    if template in ("none", "chat"):
         return question
     return f"{question}\n{THINK_OPEN}\n"
 
@@ -47,3 +50,44 @@ def completion_segments(problem: Problem) -> list[tuple[str, bool]]:
         return [(text, bool(policy)) for text, policy in episode]
     return [(render_completion(problem.solution or "", problem.answer, problem.metadata.get("answer_format", "boxed")),
              True)]
+
+
+def chat_prompt(tokenizer, question: str) -> str:
+    """The model's own chat template (its tokenizer's) around one user message, ready for the assistant's turn.
+
+    >>> from ponder.data.tiny_model import build_tokenizer
+    >>> chat_prompt(build_tokenizer(), "12+30")
+    '<|im_start|>user\\n12+30<|endoftext|>\\n<|im_start|>assistant\\n'
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("data.template=chat needs a tokenizer with a chat template (tokenizer_config.json "
+                         "'chat_template'); use data.template=think or none for a base model")
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def chat_observation(tokenizer, text: str, role: str = "user", closed: bool = True) -> str:
+    """An environment's observation as the chat template writes it after an assistant turn: the rest of the turn's
+    closing (what the model did not write itself; `closed`: the turn ended at EOS, whose text is the close's start),
+    the observation as a `role` message, and the opening of the next assistant turn.
+
+    >>> from ponder.data.tiny_model import build_tokenizer
+    >>> print(chat_observation(build_tokenizer(), "<out>42</out>"))
+    <BLANKLINE>
+    <|im_start|>user
+    <out>42</out><|endoftext|>
+    <|im_start|>assistant
+    <BLANKLINE>
+    """
+    base = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    before = tokenizer.apply_chat_template(base, tokenize=False)
+    after = tokenizer.apply_chat_template(base + [{"role": role, "content": text}], tokenize=False,
+                                          add_generation_prompt=True)
+    if not after.startswith(before):
+        raise ValueError("the chat template rewrites earlier turns when a message is added; multi-turn episodes "
+                         "need a template that only appends")
+    close = before[before.rindex("A") + 1 :]  # what ends an assistant turn, e.g. "<|im_end|>\n"
+    eos = tokenizer.eos_token or ""
+    if closed and eos and close.startswith(eos):
+        close = close[len(eos) :]
+    return close + after[len(before) :]

@@ -16,6 +16,9 @@ from ponder.platform.config import TinyModelConfig
 PAD, EOS, UNK = "<pad>", "<|endoftext|>", "<unk>"
 SPECIALS = [PAD, EOS, UNK]
 CHARS = [c for c in string.printable if c not in "\r\x0b\x0c\t"]
+# ChatML with EOS closing each message, so that `data.template=chat` runs on the tiny model as on a chat model
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def build_tokenizer():
@@ -30,7 +33,9 @@ def build_tokenizer():
     vocab = {tok: i for i, tok in enumerate(SPECIALS)}
     for c in CHARS:
         vocab[_byte_level(c)] = len(vocab)
-    return Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=UNK, pad_token=PAD, eos_token=EOS, bos_token=None)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=UNK, pad_token=PAD, eos_token=EOS, bos_token=None)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def _byte_level(c: str) -> str:

@@ -1,6 +1,6 @@
 """What a step's multi-turn episodes did: turns, how they ended, the environment's own metrics (tool calls, errors,
-seconds) and, for episodes with several answers (self-revision), first-attempt against final accuracy and how often
-a revision fixed or broke an answer."""
+seconds) and, once any episode has several answers (self-revision), first-attempt against final accuracy and how
+often a revision fixed or broke an answer."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def episode_stats(trajectories: list[Trajectory]) -> dict[str, float]:
              **{name: float(value) for name, value in env_totals.items()}}
     revised = [t for t in episodes if len(t.attempts_correct) > 1]
     scored = [t for t in episodes if t.attempts_correct]
-    if scored:
+    if revised:  # episodes with several answers (self-revision); first and final accuracy are over all of them
         stats["revision/first_accuracy"] = sum(t.attempts_correct[0] for t in scored) / len(scored)
         stats["revision/final_accuracy"] = sum(t.attempts_correct[-1] for t in scored) / len(scored)
         stats["revision/revised_frac"] = len(revised) / len(scored)

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ponder.data.datasets import load_problems
-from ponder.data.template import completion_segments, render_prompt
+from ponder.data.template import chat_observation, chat_prompt, completion_segments, render_prompt
 from ponder.platform.config import DataConfig, SftConfig
 
 
@@ -34,8 +34,8 @@ def run_sft(cfg: SftConfig, data: DataConfig, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.init_dir)
     model = AutoModelForCausalLM.from_pretrained(cfg.init_dir, dtype=torch.float32)
-    examples = [(render_prompt(p.prompt, data.template), completion_segments(p))
-                for p in load_problems(data.train, "train", data.task) if p.solution or p.metadata.get("episode")]
+    examples = [_example(tokenizer, p, data.template) for p in load_problems(data.train, "train", data.task)
+                if p.solution or p.metadata.get("episode")]
     if not examples:
         raise ValueError(f"data.train {data.train!r} has no rows with a worked 'solution' (or episode) to warm-start "
                          "on")
@@ -58,6 +58,15 @@ def run_sft(cfg: SftConfig, data: DataConfig, progress: bool = True) -> Path:
     tokenizer.save_pretrained(out)
     stamp.write_text(json.dumps(settings))
     return out
+
+
+def _example(tokenizer, problem, template: str) -> tuple[str, list[tuple[str, bool]]]:
+    """(prompt, completion segments); with the chat template, rendered as the rollout engine renders them."""
+    segments = completion_segments(problem)
+    if template != "chat":
+        return render_prompt(problem.prompt, template), segments
+    return chat_prompt(tokenizer, problem.prompt), [
+        (text if policy else chat_observation(tokenizer, text, closed=False), policy) for text, policy in segments]
 
 
 def _length_grouped(examples: list[tuple[str, list]], batch_size: int, rng: random.Random, pool: int = 32):

@@ -73,7 +73,8 @@ class DataConfig:
 
     train: str = "embedded:arithmetic"
     eval: str = "embedded:arithmetic"
-    template: str = one_of("think", "none", default="think")  # think: prompt opens <think>; none: the prompt as is
+    # think: the prompt opens <think>; none: the prompt as is; chat: the model's own chat template (its tokenizer's)
+    template: str = one_of("think", "none", "chat", default="think")
     task: TaskConfig = field(default_factory=TaskConfig)
 
 
@@ -91,12 +92,13 @@ class EnvConfig:
     `name` null: one prompt, one response. Built-ins: `tools` (calculator, Python in the sandbox) and `revision`
     (self-revision), or an import path `package.module:Name`; `options` are its keyword arguments."""
 
-    name: Optional[str] = None
-    options: dict[str, Any] = field(default_factory=dict)
+    name: Optional[str] = None  # tools, revision or package.module:Name; null = single-turn samples
+    options: dict[str, Any] = field(default_factory=dict)  # the environment's keyword arguments
     max_turns: int = at_least(1, 4)  # model turns per episode; the episode ends after the last one
     max_turn_tokens: int = at_least(0, 0)  # new tokens per model turn; 0 = only rollout.max_tokens (the episode's)
     threads: int = at_least(1, 4)  # environment steps running at once per rollout actor (tool calls)
     step_timeout_s: float = above(0, 60.0)  # an environment step slower than this masks its episode
+    chat_role: str = "user"  # data.template=chat: the role observations are rendered as ("tool" where supported)
 
 
 @dataclass(frozen=True)
