@@ -18,7 +18,7 @@ from ponder.actors.rollout import Sampling
 from ponder.data.datasets import load_problems
 from ponder.data.stream import PromptStream, make_requests
 from ponder.platform.cluster import Cluster
-from ponder.platform.config import load_config
+from ponder.platform.config import EnvConfig, load_config
 from ponder.platform.steps import grpo_step, streaming_step
 from ponder.platform.pools import RewardPool, RolloutPool
 from ponder.platform.pipeline import PipelineError, Schedule, StreamingRollouts
@@ -113,6 +113,32 @@ def test_staleness_bound_and_sample_accounting_with_partial_rollouts(cluster):
     assert counts["samples/generated"] == counts["samples/trained"] + dropped
     assert counts["samples/trained"] == len(trained) - sum(t.masked for t in trained)
     assert max(staleness) == 1  # the engines did run ahead of the learner, by at most one version
+
+
+def test_episodes_stream_with_partial_rollouts_under_the_staleness_bound(cluster):
+    """Multi-turn episodes (the model reviews its own answer twice) in async mode with partial rollouts: every episode
+    ends cleanly, its staleness is that of its oldest policy token and stays within the bound, and every episode is
+    accounted for."""
+    cue = "\nCheck.\n"
+    env = EnvConfig(name="revision", options={"critique": "self", "revisions": 2, "review": cue}, max_turns=3,
+                    max_turn_tokens=6)
+    sampling = Sampling(n=4, temperature=1.0, top_p=1.0, max_tokens=40, env=env)
+    learners = fresh_learner(cluster)
+    pipeline = streaming(cluster, Schedule(max_staleness=1, interrupt=True), sampling=sampling)
+    episodes = 0
+    for step in range(1, 4):
+        metrics, refs = streaming_step(pipeline, learners, step)
+        trajectories = [t for batch in ray.get(refs) for t in batch]
+        for t in trajectories:
+            assert (t.turns, t.episode_end) == (3, "done") and t.response_text.count(cue) == 2
+            oldest_policy_token = min(v for v, s in zip(t.token_versions, t.sampled_mask) if s)
+            assert t.policy_version == oldest_policy_token and (step - 1) - t.policy_version <= 1
+        assert metrics["episode/turns_mean"] == 3 and metrics["pipeline/staleness_max"] <= 1
+        episodes += len(trajectories)
+    counts = pipeline.close()
+    cluster.retire(learners)
+    dropped = sum(v for k, v in counts.items() if k.startswith("samples/dropped_"))
+    assert counts["samples/generated"] == counts["samples/trained"] + dropped and episodes == 3 * PROMPTS * sampling.n
 
 
 def test_dynamic_sampling_drops_uninformative_groups_and_stops_with_a_clear_error(cluster):

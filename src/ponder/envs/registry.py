@@ -3,35 +3,20 @@
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import inspect
 from typing import Any, Callable
 
 from ponder.envs.base import Environment
 from ponder.envs.revision import RevisionEnv
 from ponder.envs.tools import ToolEnv
+from ponder.plugins import lookup
 
 REGISTRY: dict[str, Callable[..., Environment]] = {"tools": ToolEnv, "revision": RevisionEnv}
 
 
 def resolve(name: str) -> Callable[..., Environment]:
     """A registered name or an import path; ValueError says what exists."""
-    if name in REGISTRY:
-        return REGISTRY[name]
-    if ":" not in name:
-        close = difflib.get_close_matches(name, REGISTRY, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown environment {name!r}; {hint}built-ins are {sorted(REGISTRY)}, or give an import "
-                         "path 'package.module:Name'")
-    module_name, _, attr = name.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"environment {name!r} cannot be imported: {e}") from None
-    if not callable(factory):
-        raise ValueError(f"environment {name!r} is not a class or a callable")
-    return factory
+    return lookup(name, REGISTRY, "environment")
 
 
 def check_options(name: str, options: dict[str, Any]) -> Callable[..., Environment]:

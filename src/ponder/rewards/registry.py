@@ -10,11 +10,10 @@ then an infrastructure failure (masked), not the completion's doing (0).
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import inspect
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
+from ponder.plugins import lookup
 from ponder.rewards import critic
 from ponder.rewards.base import RewardFn
 from ponder.rewards.code import code_reward
@@ -32,21 +31,7 @@ REGISTRY: dict[str, RewardFn] = {
 
 def resolve(name: str) -> RewardFn:
     """A registered name or an import path; raises ValueError that says what exists."""
-    if name in REGISTRY:
-        return REGISTRY[name]
-    if ":" not in name:
-        close = difflib.get_close_matches(name, REGISTRY, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown reward {name!r}; {hint}built-ins are {sorted(REGISTRY)}, critics are "
-                         f"{list(critic.KINDS)}, or give an import path 'package.module:function'")
-    module_name, _, attr = name.partition(":")
-    try:
-        fn: Callable = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"reward {name!r} cannot be imported: {e}") from None
-    if not callable(fn):
-        raise ValueError(f"reward {name!r} is not callable")
-    return fn
+    return lookup(name, REGISTRY, "reward", also=f"critics are {list(critic.KINDS)}, ")
 
 
 def check_options(name: str, options: dict[str, Any], call_timeout_s: Optional[float] = None) -> Optional[RewardFn]:
