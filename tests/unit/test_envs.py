@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import queue
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
@@ -83,13 +84,22 @@ def test_the_tool_environment_answers_calls_and_ends_on_an_answer():
 
 
 def test_self_revision_with_the_verifier_critiques_only_wrong_answers():
+    """On a thread, as the rollout actor steps environments (math-verify's own timeout works only on a main thread)."""
     env = RevisionEnv(critique="verifier", revisions=1)
-    state = env.start(Problem("2+2", "4"))
-    reply = env.step(state, "</think>\n\\boxed{5}")
-    assert reply.answer and reply.observation.startswith("\nThe answer 5 is wrong.") and "4" not in reply.observation
-    assert env.step(state, "</think>\n\\boxed{4}") == Reply(None, answer=True)  # the revision: the last answer
-    right = env.start(Problem("2+2", "4"))
-    assert env.step(right, "</think>\n\\boxed{4}") == Reply(None, answer=True)  # right at once: no critique
+    try:
+        with ThreadPoolExecutor(1) as thread:
+            def step(state, turn):
+                return thread.submit(env.step, state, turn).result()
+
+            state = env.start(Problem("2+2", "4"))
+            reply = step(state, "</think>\n\\boxed{5}")
+            assert reply.answer and reply.observation.startswith("\nThe answer 5 is wrong.")
+            assert "4" not in reply.observation
+            assert step(state, "</think>\n\\boxed{4}") == Reply(None, answer=True)  # the revision: the last answer
+            right = env.start(Problem("2+2", "4"))
+            assert step(right, "</think>\n\\boxed{4}") == Reply(None, answer=True)  # right at once: no critique
+    finally:
+        env.close()
     review = RevisionEnv(critique="self", revisions=2)
     state = review.start(Problem("2+2", "4"))
     assert [review.step(state, "\\boxed{4}").done for _ in range(3)] == [False, False, True]
