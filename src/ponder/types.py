@@ -134,6 +134,7 @@ class ScoreReport:
     rewards: tuple[float, ...]
     masked: int
     pid: int = 0
+    env_masked: int = 0  # of the masked samples, those an environment's failure masked (multi-turn episodes)
 
     @property
     def zero_variance(self) -> bool:

@@ -227,7 +227,7 @@ def test_a_failing_or_hung_environment_masks_its_episode_with_the_reason():
 # -- scoring an episode's answers -----------------------------------------------------------------------------------
 def _traj(attempts: list[str], text: str = "", masked: str = "") -> Trajectory:
     return Trajectory(0, 0, Problem("2+2", "4"), [1], [2], text, [0.0], "stop", 0, attempts=attempts,
-                      masked=bool(masked), mask_reason=masked)
+                      masked=bool(masked), mask_reason=masked, episode_end="env_error" if masked else "")
 
 
 def test_the_reward_actor_scores_the_final_answer_and_rewards_a_fix():
@@ -243,7 +243,8 @@ def test_the_reward_actor_scores_the_final_answer_and_rewards_a_fix():
     assert [t.reward for t in scored[:3]] == [1.5, 0.0, 1.0]
     assert [t.attempts_correct for t in scored[:3]] == [[False, True], [True, False], [True]]
     assert scored[0].reward_terms["revision_bonus"] == 0.5 and scored[2].correct
-    assert scored[3].masked and scored[3].mask_reason == "environment error: boom" and report.masked == 1
+    assert scored[3].masked and scored[3].mask_reason == "environment error: boom"
+    assert (report.masked, report.env_masked) == (1, 1)  # counted as samples/dropped_env_error, not reward_error
     stats = episode_stats([replace(t, episode_end="done") for t in scored[:3]])
     assert (stats["revision/first_accuracy"], stats["revision/final_accuracy"]) == (2 / 3, 2 / 3)
     assert (stats["revision/fixed"], stats["revision/broken"]) == (1.0, 1.0)

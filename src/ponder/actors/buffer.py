@@ -8,7 +8,8 @@ unit throughout (GRPO normalises within it).
 
 The buffer owns the streaming pipeline's accounting (`Ledger`): every generated sample is trained on or dropped with a
 reason — `stale` (older than `max_staleness` versions when its step came), `zero_variance` (dynamic sampling: all
-rewards equal, so zero advantage), `reward_error` (a failed reward masked it), `run_ended` (still here at the end).
+rewards equal, so zero advantage), `reward_error` (a failed reward masked it), `env_error` (a multi-turn episode's
+environment failed), `run_ended` (still here at the end).
 It is bounded by the producer's credit (platform/pipeline.py): no more than (max_staleness + 2) steps of groups are
 ever alive. `Staleness` is the one staleness rule: the buffer drops by it, the pipeline starts batches by it. A threaded
 actor (Ray is applied in platform/cluster.py); a reward that raised surfaces from `take`. A group whose reward actor
@@ -27,7 +28,7 @@ from typing import Optional, Protocol
 
 from ponder.types import GroupMeta, ScoreReport
 
-DROP_REASONS = ("stale", "zero_variance", "reward_error", "run_ended")
+DROP_REASONS = ("stale", "zero_variance", "reward_error", "env_error", "run_ended")
 RESCORE_WAIT_S = 600.0  # how long a group waits for its restarted reward actor before the run fails
 
 
@@ -60,10 +61,12 @@ class Ledger:
     def generated(self, samples: int) -> None:
         self.counts["generated"] += samples
 
-    def trained(self, samples: int, masked: int = 0) -> None:
-        """A trained group's masked samples carry no loss: they count as dropped for `reward_error`."""
+    def trained(self, samples: int, masked: int = 0, env_masked: int = 0) -> None:
+        """A trained group's masked samples carry no loss: they count as dropped, for `env_error` where their
+        environment failed (`env_masked` of them) and for `reward_error` otherwise."""
         self.counts["trained"] += samples - masked
-        self.counts["dropped_reward_error"] += masked
+        self.counts["dropped_reward_error"] += masked - env_masked
+        self.counts["dropped_env_error"] += env_masked
 
     def dropped(self, reason: str, samples: int) -> None:
         if reason not in DROP_REASONS:
@@ -182,7 +185,7 @@ class TrajectoryBuffer:
     def _batch(self, taken: list, step: int) -> Batch:
         taken.sort(key=lambda g: g[0].group_id)
         for meta, _, report in taken:
-            self.ledger.trained(meta.num_samples, masked=report.masked)
+            self.ledger.trained(meta.num_samples, masked=report.masked, env_masked=report.env_masked)
         stale = [self.staleness.of(meta, step) for meta, _, _ in taken]
         metrics = {"pipeline/staleness_mean": sum(stale) / len(stale), "pipeline/staleness_max": float(max(stale)),
                    "pipeline/buffered_groups": float(len(self._ready)),

@@ -60,7 +60,8 @@ class RewardWorker:
                            outcomes), "over_limit": sum(len(o.over_limit) for o in outcomes), "masked": traj.masked})
         report = ScoreReport(counts={f"reward/{k}": float(v) for k, v in counts.items()},
                              rewards=tuple(t.reward for t in trajectories if not t.masked),
-                             masked=sum(t.masked for t in trajectories), pid=os.getpid())
+                             masked=sum(t.masked for t in trajectories), pid=os.getpid(),
+                             env_masked=sum(t.episode_end == "env_error" for t in trajectories))
         return trajectories, report
 
     def _settle(self, traj: Trajectory, outcomes: list[RewardOutcome]) -> None:

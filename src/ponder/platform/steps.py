@@ -130,7 +130,8 @@ def grpo_step(rollouts: RolloutPool, rewards: RewardPool, learners: LearnerGroup
     with timed(timings, "weight_sync"):
         rollouts.push(learners.publish(step))
     ledger.generated(len(requests) * sampling.n)
-    ledger.trained(len(requests) * sampling.n, masked=sum(r.masked for r in reports))
+    ledger.trained(len(requests) * sampling.n, masked=sum(r.masked for r in reports),
+                   env_masked=sum(r.env_masked for r in reports))
     metrics.update(reward_metrics, **ledger.as_metrics(), **{f"time/{k}": v for k, v in timings.items()})
     metrics["time/step"] = sum(timings.values())
     metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / max(timings["generate"], 1e-9)
