@@ -84,13 +84,14 @@ def test_rollout_reward_and_learner_deaths_mid_run(tiny_model_dir, tmp_path):
     out, log = tmp_path / "run", tmp_path / "train.log"
     engines_before = len(actor_pids("RolloutWorker"))
     # One reward actor: the synchronous loop scores each engine's batch on one actor, so with one engine a second
-    # reward actor would sit idle, and killing it would test nothing. It is killed idle (scoring takes milliseconds):
-    # no call fails, and its restart shows only as a new process answering the next step's scoring.
+    # reward actor would sit idle, and killing it would test nothing. It is killed idle, with the engine: no scoring
+    # call fails, and its restart shows only as a new process answering step 2's scoring, which waits for the engine's
+    # reload (~30 s). Killed on its own after step 2 it raced step 3 (generated and scored in ~0.2 s): the learner's
+    # death after step 3 then lost the restart with the attempt that saw it.
     proc = start(overrides(tiny_model_dir, out, steps=5, reward_workers=1) +
                  ["checkpoint.every=2", "ft.auto_resume=true"], log)
     wait_for_step(out, 1, proc, log)
     kill_one("RolloutWorker")
-    wait_for_step(out, 2, proc, log)
     kill_one("RewardWorker")
     wait_for_step(out, 3, proc, log)
     kill_one("LearnerWorker")
