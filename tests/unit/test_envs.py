@@ -296,3 +296,16 @@ def test_environment_tokens_never_receive_gradient(tiny_model_dir):
     assert torch.equal(loss, perturbed_loss)
     assert all(torch.equal(a, b) for a, b in zip(grads, perturbed))
     assert any(g.abs().sum() > 0 for g in grads)  # the policy's tokens do move the weights
+
+
+def test_the_progress_bar_and_logged_samples_show_episodes():
+    from ponder.platform.driver import progress_line, samples_jsonl
+
+    metrics = {"rollout/reward_mean": 0.5, "rollout/accuracy": 0.4, "perf/tokens_per_s": 100.0, "time/generate": 1.0,
+               "episode/turns_mean": 2.0, "episode/count": 128.0, "tool/calls": 120.0}
+    line = progress_line(metrics, {})
+    assert (line["turns"], line["calls"]) == ("2.0", "0.94")
+    single_turn = {k: v for k, v in metrics.items() if not k.startswith(("episode/", "tool/"))}
+    assert "turns" not in progress_line(single_turn, {})
+    logged = samples_jsonl([_traj(["\\boxed{4}"], masked="environment error: boom")])
+    assert '"end": "env_error"' in logged and '"masked": "environment error: boom"' in logged

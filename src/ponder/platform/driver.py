@@ -202,12 +202,19 @@ def export_final_model(cfg: PonderConfig, target: CheckpointTarget, checkpoint: 
 
 def progress_line(metrics: dict[str, float], evals: dict[int, dict[str, float]]) -> dict[str, str]:
     last_eval = evals[max(evals)]["eval/accuracy"] if evals else float("nan")
-    return {"reward": f"{metrics['rollout/reward_mean']:.3f}", "acc": f"{metrics['rollout/accuracy']:.2f}",
-            "heldout": f"{last_eval:.2f}", "tok/s": f"{metrics['perf/tokens_per_s']:.0f}",
-            "time": "/".join(f"{k[5:]} {v:.1f}" for k, v in metrics.items() if k.startswith("time/") and k != "time/step")}
+    line = {"reward": f"{metrics['rollout/reward_mean']:.3f}", "acc": f"{metrics['rollout/accuracy']:.2f}",
+            "heldout": f"{last_eval:.2f}", "tok/s": f"{metrics['perf/tokens_per_s']:.0f}"}
+    if "episode/turns_mean" in metrics:  # multi-turn: turns and tool calls per episode
+        line["turns"] = f"{metrics['episode/turns_mean']:.1f}"
+        if "tool/calls" in metrics:
+            line["calls"] = f"{metrics['tool/calls'] / metrics['episode/count']:.2f}"
+    line["time"] = "/".join(f"{k[5:]} {v:.1f}" for k, v in metrics.items() if k.startswith("time/") and k != "time/step")
+    return line
 
 
 def samples_jsonl(trajectories: list) -> str:
     return "\n".join(json.dumps({"prompt": t.problem.prompt, "answer": t.problem.answer, "response": t.response_text,
-                                 "reward": t.reward, "terms": t.reward_terms, "version": t.policy_version})
+                                 "reward": t.reward, "terms": t.reward_terms, "version": t.policy_version,
+                                 **({"turns": t.turns, "end": t.episode_end} if t.episode_end else {}),
+                                 **({"masked": t.mask_reason} if t.masked else {})})
                      for t in trajectories) + "\n"
