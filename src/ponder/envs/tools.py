@@ -114,7 +114,7 @@ class ToolEnv:
             raise ValueError(f"the tools environment has no option(s) {unknown}; it takes tools, max_calls, "
                              f"max_output_chars, warm and the sandbox limits {[f.name for f in fields(Limits)]}")
         self.tools, self.max_calls, self.max_output_chars, self.warm = tuple(tools), max_calls, max_output_chars, warm
-        self.limits = Limits(**limits)  # unknown limit names fail here, at configuration time
+        self.limits = Limits(**limits)
         self.limits.check()
         self.stop = tuple(f"</{tool}>" for tool in self.tools)
         self._pool = None
