@@ -8,7 +8,8 @@ answers). Reported per model and decoding:
 - accuracy: the final answer is right;
 - tool use (`rollout.env.name: tools`): calls per episode; well-formed: the episode made a call the tool could run
   (no error observation); faithful: its first call's expression is exactly the question (the embedded tool task);
-- self-revision (`revision`): first-attempt and final accuracy, and revisions that fixed / broke an answer.
+- self-revision (`revision`): first-attempt and final accuracy, and revisions that fixed / broke an answer
+  (`envs/stats.py`, as training logs them).
 
 Usage (docs/benchmarks.md has the results and the runs that made the models):
 
@@ -27,6 +28,7 @@ import re
 from ponder.actors.rollout import RolloutWorker, Sampling
 from ponder.data.datasets import load_problems
 from ponder.data.stream import make_requests
+from ponder.envs.stats import episode_stats
 from ponder.envs.tools import parse_call
 from ponder.platform.config import load_config
 from ponder.rewards.registry import resolve
@@ -52,10 +54,8 @@ def summary(trajectories: list[Trajectory]) -> dict[str, float]:
         out["well_formed"] = sum(c > 0 and t.env_metrics.get("tool/errors", 0.0) == 0
                                  for c, t in zip(calls, trajectories)) / n
         out["faithful"] = sum(_first_call(t) == t.problem.prompt for t in trajectories) / n
-    if any(len(t.attempts_correct) > 1 for t in trajectories):
-        out["first_accuracy"] = sum(t.attempts_correct[0] for t in trajectories) / n
-        out["fixed"] = sum(not t.attempts_correct[0] and t.attempts_correct[-1] for t in trajectories) / n
-        out["broken"] = sum(t.attempts_correct[0] and not t.attempts_correct[-1] for t in trajectories) / n
+    # self-revision: first-attempt and final accuracy, revisions that fixed / broke an answer (counts)
+    out.update({k: v for k, v in episode_stats(trajectories).items() if k.startswith("revision/")})
     return out
 
 
