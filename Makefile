@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 
-.PHONY: setup system-packages demo demo-search demo-tools test test-unit test-fast bench bench-trl-setup bench-trl config-reference lock-cpu-image clean
+.PHONY: setup system-packages demo demo-search demo-tools demo-star test test-unit test-fast bench bench-trl-setup bench-trl config-reference lock-cpu-image clean
 
 setup: $(STAMP) system-packages
 
@@ -43,6 +43,12 @@ demo-tools: setup
 	$(BIN)/ponder init-model configs/tools.yaml
 	$(BIN)/ponder sft configs/tools.yaml
 	$(BIN)/ponder train configs/tools.yaml
+
+# STaR / expert iteration on the embedded task from the demo's warm start (docs/self_improvement.md).
+demo-star: setup
+	$(BIN)/ponder init-model $(CONFIG)
+	$(BIN)/ponder sft $(CONFIG)
+	$(BIN)/ponder train $(CONFIG) configs/star.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q --timeout=1800 --durations=15

@@ -29,7 +29,9 @@ def parts(tiny_model_dir, tmp_path_factory):
                            "learner.lr=1e-3", "cluster.num_cpus=4",
                            # random weights solve nothing, so every advantage is 0: the entropy bonus makes each
                            # update move the weights, so that "the engine serves the new weights" can fail
-                           "algo.entropy_coef=0.01"])
+                           "algo.entropy_coef=0.01",
+                           # a random model verifies nothing, so the replay term is 0 unless a test marks samples
+                           "algo.replay_coef=1.0"])
     weights_dir = str(tmp_path_factory.mktemp("shm"))
     cluster = Cluster(cfg)
     try:
@@ -189,3 +191,48 @@ def test_chat_template_episodes_on_the_real_engine(parts):
         ours = ray.get(learner.forward_logprobs.remote(t.prompt_ids, t.response_ids))
         worst = max(abs(a - b) for a, b, s in zip(ours, t.logprobs, t.sampled_mask) if s)
         assert worst < LOGPROB_TOLERANCE and t.turns == 2
+
+
+def mean_logprob(learner, trajectories) -> float:
+    values = [v for t in trajectories for v in ray.get(learner.forward_logprobs.remote(t.prompt_ids, t.response_ids))]
+    return sum(values) / len(values)
+
+
+def test_replay_of_verified_successes_trains_on_them(parts):
+    """With algo.replay_coef, samples marked correct are also demonstrations: a supervised term with its own metric,
+    and their likelihood goes up (every reward is equal here, so GRPO alone would leave them nearly alone)."""
+    from dataclasses import replace
+
+    _, rollout, _, learner, problems = parts
+    samples = ray.get(rollout.generate.remote(make_requests(problems, "think", 0, 20), SAMPLING))
+    successes = [replace(t, correct=True, reward=1.0) for t in samples]
+    before = mean_logprob(learner, successes[:4])
+    metrics = ray.get(learner.train.remote(ray.put(successes)))
+    assert metrics["train/replay_loss"] > 0 and math.isfinite(metrics["train/pg_loss"])
+    assert mean_logprob(learner, successes[:4]) > before + 0.01
+
+
+def test_supervised_training_on_kept_examples_and_reset_to_the_initial_model(parts, tiny_model_dir):
+    """STaR's learner calls: `train_supervised` raises the likelihood of its examples; `reset` goes back to the
+    initial weights exactly (the learner's logprobs equal a fresh load of the initial model's)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    _, rollout, _, learner, problems = parts
+    examples = ray.get(rollout.generate.remote(make_requests(problems, "think", 0, 21), SAMPLING))
+    before = mean_logprob(learner, examples[:4])
+    metrics = ray.get(learner.train_supervised.remote(ray.put(examples), epochs=2, seed=0))
+    assert metrics["train/sft_steps"] == 2 and metrics["train/sft_loss"] > 0  # 16 examples, mini-batches of 16
+    assert mean_logprob(learner, examples[:4]) > before + 0.05
+
+    ray.get(learner.reset.remote())
+    t = examples[0]
+    ours = torch.tensor(ray.get(learner.forward_logprobs.remote(t.prompt_ids, t.response_ids)))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(torch.tensor([t.prompt_ids + t.response_ids])).logits[0, :-1].float()
+    initial = torch.log_softmax(logits, -1)[len(t.prompt_ids) - 1 :].gather(
+        -1, torch.tensor(t.response_ids).unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(ours, initial, atol=LOGPROB_TOLERANCE), float((ours - initial).abs().max())
+    handle = ray.get(learner.publish_weights.remote(22))  # the rebuilt engine publishes as before
+    assert ray.get(rollout.load_weights.remote(handle)) == 22

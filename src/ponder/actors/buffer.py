@@ -28,7 +28,8 @@ from typing import Optional, Protocol
 
 from ponder.types import GroupMeta, ScoreReport
 
-DROP_REASONS = ("stale", "zero_variance", "reward_error", "env_error", "run_ended")
+# unverified: STaR kept neither the sample nor a duplicate of it (a wrong answer, a rationale quoting its hint)
+DROP_REASONS = ("stale", "zero_variance", "reward_error", "env_error", "run_ended", "unverified")
 RESCORE_WAIT_S = 600.0  # how long a group waits for its restarted reward actor before the run fails
 
 
@@ -68,11 +69,11 @@ class Ledger:
         self.counts["dropped_reward_error"] += masked - env_masked
         self.counts["dropped_env_error"] += env_masked
 
-    def dropped(self, reason: str, samples: int) -> None:
+    def dropped(self, reason: str, samples: int, groups: int = 1) -> None:
         if reason not in DROP_REASONS:
             raise ValueError(f"unknown drop reason {reason!r}; one of {DROP_REASONS}")
         self.counts[f"dropped_{reason}"] += samples
-        self.counts["groups_dropped"] += 1
+        self.counts["groups_dropped"] += groups
 
     def as_metrics(self) -> dict[str, float]:
         out = {f"samples/{k}": float(self.counts[k]) for k in ("generated", "trained")}

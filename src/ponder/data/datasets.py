@@ -1,4 +1,5 @@
-"""Prompt sources: the embedded generator, JSONL, Parquet, or a local Hugging Face `datasets` directory.
+"""Prompt sources: the embedded generator, JSONL, Parquet, or a Hugging Face `datasets` directory, local or on
+`s3://` (fetched to a temporary directory; the endpoint from AWS_ENDPOINT_URL).
 
 Every row needs `prompt` and `answer`; `reward` (a reward name for that row) and `metadata` are optional. A bad row is
 reported with its file and index. No network.
@@ -13,6 +14,7 @@ from typing import Any, Callable, Iterable
 
 from ponder.data.tasks import (ArithmeticTask, SearchTask, generate_code_problems, generate_problems,
                                generate_search_problems, with_tool_episode)
+from ponder.data.traces import fetch_dataset
 from ponder.platform.config import TaskConfig
 from ponder.types import Problem
 
@@ -31,7 +33,7 @@ def load_problems(source: str, split: str, task: TaskConfig) -> list[Problem]:
     """`split` is "train" or "eval"; only the embedded generator uses it (file sources are one split each)."""
     if source in EMBEDDED_SOURCES:
         return embedded_split(split, task, source)
-    path = Path(source)
+    path = fetch_dataset(source) if source.startswith("s3://") else Path(source)
     if not path.exists():
         raise DatasetError(f"dataset {source!r} not found; give a .jsonl/.parquet file, a saved HF dataset "
                            f"directory, or one of {', '.join(EMBEDDED_SOURCES)}")
@@ -113,5 +115,13 @@ def _to_problem(row: Any, source: str, index: int) -> Problem:
     if missing:
         raise DatasetError(f"{source}: row {index} is missing required field(s) {missing}; every row needs "
                            "'prompt' and 'answer'")
+    metadata = row.get("metadata") or {}
+    if isinstance(metadata, str):  # Parquet and HF exports carry it as JSON text (data/traces.py)
+        try:
+            metadata = json.loads(metadata)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{source}: row {index}: 'metadata' is text but not JSON ({e.msg})") from None
+    if not isinstance(metadata, dict):
+        raise DatasetError(f"{source}: row {index}: 'metadata' must be an object, not {type(metadata).__name__}")
     return Problem(prompt=str(row["prompt"]), answer=str(row["answer"]), solution=row.get("solution"),
-                   reward=row.get("reward"), metadata=dict(row.get("metadata") or {}))
+                   reward=row.get("reward"), metadata=metadata)

@@ -40,7 +40,8 @@ def render_completion(reasoning: str, answer: str, answer_format: str = "boxed")
 
 def completion_segments(problem: Problem) -> list[tuple[str, bool]]:
     """The SFT target of a problem as (text, written by the policy) segments: its worked solution as one policy
-    segment, or its worked multi-turn episode (`metadata["episode"]`), whose environment segments are context only.
+    segment, its worked multi-turn episode (`metadata["episode"]`), whose environment segments are context only, or an
+    exported response (`metadata["completion"]`) as it was sampled.
 
     >>> completion_segments(Problem("1+2", "3", metadata={"episode": [["<calc>1+2</calc>", True], ["<out>3</out>", 0]]}))
     [('<calc>1+2</calc>', True), ('<out>3</out>', False)]
@@ -48,6 +49,8 @@ def completion_segments(problem: Problem) -> list[tuple[str, bool]]:
     episode = problem.metadata.get("episode")
     if episode:
         return [(text, bool(policy)) for text, policy in episode]
+    if problem.metadata.get("completion"):  # a response exported from a run (data/traces.py), verbatim
+        return [(problem.metadata["completion"], True)]
     return [(render_completion(problem.solution or "", problem.answer, problem.metadata.get("answer_format", "boxed")),
              True)]
 

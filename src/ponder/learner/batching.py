@@ -21,12 +21,15 @@ class Packed:
     response_mask: torch.Tensor  # [B, L-1] float: 1 on response-token targets the policy sampled, of unmasked samples
     behaviour_logprobs: torch.Tensor  # [B, L-1] float: the engine's logprobs, 0 outside the response
     advantages: torch.Tensor  # [B, L-1] float: the sequence's advantage (+ dense process terms) on its response
+    replay_mask: torch.Tensor | None = None  # [B, L-1] float: response_mask of the samples replayed as demonstrations
 
 
 def pack(trajectories: list[Trajectory], advantages: torch.Tensor, pad_id: int,
-         dense: list[torch.Tensor] | None = None, trained: list[bool] | None = None) -> Packed:
+         dense: list[torch.Tensor] | None = None, trained: list[bool] | None = None,
+         replay: list[bool] | None = None) -> Packed:
     """advantages: [B] aligned with `trajectories`; dense: optional per-sample [response length] additions; trained:
-    optional [B], False for samples that leave the loss (default: all but reward-masked ones)."""
+    optional [B], False for samples that leave the loss (default: all but reward-masked ones); replay: optional [B],
+    True for samples also trained on as demonstrations (`replay_mask`)."""
     lengths = [len(t.prompt_ids) + len(t.response_ids) for t in trajectories]
     width = max(lengths)
     ids = torch.full((len(trajectories), width), pad_id, dtype=torch.long)
@@ -44,7 +47,8 @@ def pack(trajectories: list[Trajectory], advantages: torch.Tensor, pad_id: int,
                 else 1.0
         behaviour[row, p - 1 : p + r - 1] = torch.tensor(traj.logprobs, dtype=torch.float32)
         token_adv[row, p - 1 : p + r - 1] = advantages[row] + (dense[row] if dense is not None else 0.0)
-    return Packed(ids, attention, ids[:, 1:], mask, behaviour, token_adv)
+    replay_mask = mask * torch.tensor(replay, dtype=torch.float32).unsqueeze(1) if replay is not None else None
+    return Packed(ids, attention, ids[:, 1:], mask, behaviour, token_adv, replay_mask)
 
 
 def chunks(items: list, size: int) -> list[list]:

@@ -7,23 +7,29 @@ same settings and the same initial model is reused.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable, Optional
 
 from ponder.data.datasets import load_problems
 from ponder.data.template import chat_observation, chat_prompt, completion_segments, render_prompt
 from ponder.platform.config import DataConfig, SftConfig
 
 
-def run_sft(cfg: SftConfig, data: DataConfig, progress: bool = True) -> Path:
-    """Warm start on the worked solutions of `data.train` (rows without a `solution` are skipped)."""
+def run_sft(cfg: SftConfig, data: DataConfig, progress: bool = True,
+            log: Optional[Callable[[dict[str, float], int], None]] = None) -> Path:
+    """Warm start on the worked solutions of `data.train` (rows without a `solution` are skipped); `log(metrics, step)`
+    gets the loss every 10 steps and at the end (not called when the cached model is reused)."""
     out = Path(cfg.out_dir)
     stamp = out / "ponder_sft.json"
     init_stamp = Path(cfg.init_dir) / "ponder_build.json"  # a rebuilt initial model invalidates the warm start
+    problems = load_problems(data.train, "train", data.task)
     settings = {"sft": asdict(cfg), "task": asdict(data.task), "template": data.template, "train": data.train,
-                "init": init_stamp.read_text() if init_stamp.is_file() else None}
+                "init": init_stamp.read_text() if init_stamp.is_file() else None,
+                "data": _digest(problems)}  # a dataset rewritten in place (an export) invalidates it too
     if stamp.is_file() and json.loads(stamp.read_text()) == settings:
         return out
     import torch
@@ -34,17 +40,17 @@ def run_sft(cfg: SftConfig, data: DataConfig, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.init_dir)
     model = AutoModelForCausalLM.from_pretrained(cfg.init_dir, dtype=torch.float32)
-    examples = [_example(tokenizer, p, data.template) for p in load_problems(data.train, "train", data.task)
-                if p.solution or p.metadata.get("episode")]
+    examples = [_example(tokenizer, p, data.template) for p in problems
+                if p.solution or p.metadata.get("episode") or p.metadata.get("completion")]
     if not examples:
-        raise ValueError(f"data.train {data.train!r} has no rows with a worked 'solution' (or episode) to warm-start "
-                         "on")
+        raise ValueError(f"data.train {data.train!r} has no rows with a worked 'solution' (or episode, or exported "
+                         "completion) to warm-start on")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
     rng = random.Random(cfg.seed)
     batches = _length_grouped(examples, cfg.batch_size, rng) if cfg.group_by_length else None
     bar = tqdm(range(cfg.steps), desc="sft", unit="step", disable=not progress)
-    for _ in bar:
+    for step in bar:
         ids, labels = _batch(tokenizer, next(batches) if batches else rng.sample(examples, cfg.batch_size))
         loss = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(), labels=labels).loss
         loss.backward()
@@ -53,11 +59,18 @@ def run_sft(cfg: SftConfig, data: DataConfig, progress: bool = True) -> Path:
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if log and (step % 10 == 0 or step == cfg.steps - 1):
+            log({"sft/loss": loss.item(), "sft/lr": schedule.get_last_lr()[0]}, step)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     stamp.write_text(json.dumps(settings))
     return out
+
+
+def _digest(problems) -> str:
+    rows = [[p.prompt, p.answer, p.solution, p.metadata] for p in problems]
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _example(tokenizer, problem, template: str) -> tuple[str, list[tuple[str, bool]]]:

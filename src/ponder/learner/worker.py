@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -67,9 +68,25 @@ class LearnerWorker:
         self.on_gpu = torch.cuda.is_available()
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.samples_per_minibatch = samples_per_step // cfg.num_ranks // cfg.num_minibatches
+        self.grad_accum = math.ceil(self.samples_per_minibatch / cfg.micro_batch_size)
+        self._build_engine()
+        self.reference = None
+        if algo.kl_coef > 0:
+            self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[dtype]).eval()
+            self.reference.requires_grad_(False)
+            self.reference.to(self.engine.device)
+        # checkpoint staging on this rank's node (the master port names the group)
+        self.scratch = Path(tempfile.gettempdir()) / f"ponder-learner-{master_port}"
+
+    def _build_engine(self) -> None:
+        """The DeepSpeed engine over the initial model (`model_path`), with a fresh optimizer."""
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        model_path, dtype, _, _ = self.args
+        cfg = self.cfg
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[dtype])
-        samples_per_minibatch = samples_per_step // cfg.num_ranks // cfg.num_minibatches
-        self.grad_accum = math.ceil(samples_per_minibatch / cfg.micro_batch_size)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                       weight_decay=cfg.weight_decay)
         ds_config = {
@@ -83,13 +100,43 @@ class LearnerWorker:
             "steps_per_print": 1 << 30,
         }
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-        self.reference = None
-        if algo.kl_coef > 0:
-            self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[dtype]).eval()
-            self.reference.requires_grad_(False)
-            self.reference.to(self.engine.device)
-        # checkpoint staging on this rank's node (the master port names the group)
-        self.scratch = Path(tempfile.gettempdir()) / f"ponder-learner-{master_port}"
+
+    def reset(self) -> None:
+        """Collective: back to the initial model with a fresh optimizer (STaR's restart from the base model)."""
+        self.engine.destroy()
+        self.engine = None
+        self._build_engine()
+        if hasattr(self.sender, "rebind"):  # NCCL broadcasts from the module it was opened with
+            self.sender.rebind(self.engine.module)
+
+    def train_supervised(self, *batches: list[Trajectory], epochs: int = 1, seed: int = 0) -> dict[str, float]:
+        """Fine-tune on trajectories as demonstrations (STaR's kept rationales): the token-mean NLL of their policy
+        tokens, `epochs` passes, in mini-batches of the RL step's size (so DeepSpeed's accumulation boundaries hold).
+        Every rank trains on its share, for the same number of optimizer steps."""
+        everything = [t for batch in batches for t in batch]
+        mine = everything[self.rank :: self.cfg.num_ranks] or everything
+        size = self.samples_per_minibatch
+        steps = max(1, math.ceil(epochs * math.ceil(len(everything) / self.cfg.num_ranks) / size))
+        order = _cycle(len(mine), random.Random(seed + self.rank))
+        losses: list[float] = []
+        tokens = 0
+        for _ in range(steps):
+            batch = sorted((mine[next(order)] for _ in range(size)), key=lambda t: len(t.prompt_ids) + len(t.response_ids))
+            tokens += sum(len(t.prompt_ids) + len(t.response_ids) for t in batch)
+            micro = [pack(part, torch.zeros(len(part)), self.tokenizer.pad_token_id)
+                     for part in chunks(batch, self.cfg.micro_batch_size)]
+            normaliser = float(sum(p.response_mask.sum() for p in micro).clamp(min=1))
+            total = 0.0
+            for p in micro:
+                logp, _ = self._logprobs(p, grad=True, temperature=1.0)
+                loss = -masked_sum(logp, p.response_mask.to(logp.device)) / normaliser
+                self.engine.backward(loss, scale_wrt_gas=False)
+                self.engine.step()
+                total += float(loss.detach())
+            losses.append(total)
+        return {"train/sft_loss": sum(losses) / len(losses), "train/sft_steps": float(steps),
+                "train/tokens": float(tokens * self.cfg.num_ranks),  # every rank draws as many
+                "grad_norm": float(self.engine.get_global_grad_norm() or 0.0)}
 
     # -- training ---------------------------------------------------------------------------------------------------
     def train(self, *batches: list[Trajectory]) -> dict[str, float]:
@@ -105,7 +152,8 @@ class LearnerWorker:
             # (the loss is a token sum over the mini-batch, so how samples are split does not change the gradient)
             index.sort(key=lambda i: len(mine[i].prompt_ids) + len(mine[i].response_ids))
             micro = [pack([mine[i] for i in part], advantages[part], self.tokenizer.pad_token_id,
-                          [dense[i] for i in part] if dense else None, [trained[i] for i in part])
+                          [dense[i] for i in part] if dense else None, [trained[i] for i in part],
+                          replay=[trained[i] and mine[i].correct for i in part] if self.algo.replay_coef else None)
                      for part in chunks(index, self.cfg.micro_batch_size)]
             self._minibatch_step(micro, metrics, reuse_logprobs=self.cfg.num_minibatches == 1)
         out = {k: sum(v) / len(v) for k, v in metrics.items()}
@@ -149,6 +197,8 @@ class LearnerWorker:
         before the update: with a single mini-batch per step, this forward's own logprobs, detached; otherwise computed
         first); `behaviour_correction` reweights for the engine's behaviour logprobs, which may be versions older."""
         normaliser = float(sum(p.response_mask.sum() for p in micro).clamp(min=1))
+        replay_tokens = float(sum(p.replay_mask.sum() for p in micro if p.replay_mask is not None).clamp(min=1)) \
+            if self.algo.replay_coef else 1.0
         old = None if reuse_logprobs else [self._logprobs(p, grad=False)[0] for p in micro]
         for i, p in enumerate(micro):
             logp, logits = self._logprobs(p, grad=True)
@@ -156,6 +206,11 @@ class LearnerWorker:
             mask = p.response_mask.to(logp.device)
             loss, stats = policy_loss(logp, prox_logp, p.behaviour_logprobs.to(logp.device),
                                       p.advantages.to(logp.device), mask, self.algo, normaliser)
+            stats["pg_loss"] = float(loss.detach())
+            if p.replay_mask is not None:  # RL with a replay of verified successes: their NLL, token-mean
+                replay = -masked_sum(logp, p.replay_mask.to(logp.device)) / replay_tokens
+                loss = loss + self.algo.replay_coef * replay
+                stats["replay_loss"] = float(replay.detach())
             ent = entropy(logits)
             if self.algo.entropy_coef:
                 loss = loss - self.algo.entropy_coef * masked_sum(ent, mask) / normaliser
@@ -176,11 +231,12 @@ class LearnerWorker:
             for k, v in stats.items():
                 metrics.setdefault(f"train/{k}", []).append(v)
 
-    def _logprobs(self, p: Packed, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _logprobs(self, p: Packed, grad: bool, temperature: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token logprobs [B, L-1] and logits under the current policy, at the sampling temperature unless given."""
         device = self.engine.device
         with torch.set_grad_enabled(grad):
             logits = self.engine(input_ids=p.input_ids.to(device), attention_mask=p.attention_mask.to(device)).logits
-            logits = logits[:, :-1] / self.temperature
+            logits = logits[:, :-1] / (temperature or self.temperature)
             return token_logprobs(logits, p.targets.to(device)), logits
 
     def forward_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
@@ -280,6 +336,14 @@ class LearnerWorker:
             self.sender.close()
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _cycle(n: int, rng: random.Random):
+    """Endless indices into n items: a fresh shuffle of range(n) per pass."""
+    while True:
+        order = list(range(n))
+        rng.shuffle(order)
+        yield from order
 
 
 def rollout_stats(trajectories: list[Trajectory]) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""`ponder` command line: train, eval, sft, init-model, submit, config show.
+"""`ponder` command line: train, eval, sft, export, init-model, submit, config show.
 
 Positional arguments that contain `=` are config overrides (`trainer.steps=10`); the others are YAML files, merged
 in order over the schema defaults. Everything is validated before Ray or any engine starts.
@@ -23,6 +23,9 @@ EXAMPLES = {
             "  ponder eval --run 5b22bab9e3f54c0c8d6f1a2b3c4d5e6f configs/default.yaml\n"
             "  ponder eval artifacts/search/sft configs/search.yaml eval.k=16 'eval.thinking_budgets=[64,256]'",
     "sft": "ponder sft configs/default.yaml sft.steps=200",
+    "export": "ponder export 5b22bab9e3f54c0c8d6f1a2b3c4d5e6f outputs/export.jsonl configs/default.yaml "
+              "--pass-rate 0 1\n  ponder export RUN_ID s3://bucket/flywheel/v1 --max-tokens 256  (a directory: a "
+              "Hugging Face dataset)",
     "init-model": "ponder init-model configs/default.yaml tiny_model.num_layers=2",
     "submit": "ponder submit --address http://127.0.0.1:8265 configs/default.yaml trainer.steps=50 --follow",
     "config": "ponder config show configs/default.yaml rollout.samples_per_prompt=4",
@@ -159,6 +162,10 @@ def cmd_train(args) -> None:
     if args.resume and args.resume.startswith("s3://"):
         check_store(args.resume, cfg.checkpoint.endpoint_url)
     target, start, run_id = resolve_resume(cfg, args.resume)
+    if start is not None and cfg.algo.name == "star" and cfg.algo.star.restart:
+        raise UsageError("algo.star.restart=true trains every iteration on all examples kept so far, which a "
+                         "checkpoint does not hold yet: a STaR run with restart cannot be resumed; start it again or "
+                         "use algo.star.restart=false")
     from ponder.platform.driver import train
 
     from ponder.eval.metrics import time_to_gain
@@ -257,9 +264,42 @@ def log_eval(cfg: PonderConfig, model_dir: str, result, run_id: str | None) -> t
 
 def cmd_sft(args) -> None:
     cfg = _config(args)
+    check_tracking(cfg.tracking.uri)
     from ponder.learner.sft import run_sft
+    from ponder.platform.export import sft_logger
 
-    print(f"SFT warm start written to {run_sft(cfg.sft, cfg.data)}")
+    log, finish = sft_logger(cfg)
+    status = "FAILED"
+    try:
+        out = run_sft(cfg.sft, cfg.data, log=log)
+        status = "FINISHED"
+    finally:
+        run_id = finish(status)
+    print(f"SFT warm start written to {out}" + (f" (MLflow run {run_id})" if run_id else " (cached: same settings "
+                                                                                       "and data)"))
+
+
+def cmd_export(args) -> None:
+    cfg = _config(args)
+    check_tracking(cfg.tracking.uri)
+    if args.out.startswith("s3://"):
+        check_store(args.out.rpartition("/")[0], cfg.checkpoint.endpoint_url)
+    elif "://" in args.out:
+        raise UsageError(f"--out {args.out}: give a local path or s3://bucket/key")
+    from ponder.data.traces import TraceFilter
+    from ponder.platform.export import export_run
+
+    keep = TraceFilter(correct_only=not args.include_incorrect, min_reward=args.min_reward,
+                       pass_rate=tuple(args.pass_rate) if args.pass_rate else None, max_tokens=args.max_tokens)
+    try:
+        done = export_run(cfg, args.run_id, args.out, keep)
+    except LookupError as e:
+        raise UsageError(str(e)) from None
+    left_out = ", ".join(f"{k} {v}" for k, v in sorted(done.left_out.items())) or "none"
+    print(f"exported {done.rows} of run {args.run_id}'s {done.traces} traces to {done.uri} (left out: {left_out}); "
+          f"sha256 {done.digest[:12]}")
+    print(f"train on it: ponder sft <config> data.train={done.uri} sft.init_dir=<fresh model>  "
+          f"(or ponder train ... data.train={done.uri})")
 
 
 def cmd_init_model(args) -> None:
@@ -311,6 +351,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate the model registered by this MLflow run (found through tracking.uri)")
     add("sft", cmd_sft, "Warm-start the tiny model on worked solutions (cached).") \
         .add_argument("items", nargs="*", help=items_help)
+    p = add("export", cmd_export, "Export a run's verified traces as a dataset (JSONL, Parquet or a Hugging Face "
+                                  "directory; local or s3://), deduplicated, for `ponder sft` or `ponder train`.")
+    p.add_argument("run_id", help="the MLflow run whose traces to export (it ran with trainer.save_traces=true)")
+    p.add_argument("out", help="where: a .jsonl or .parquet file, or a directory (Hugging Face dataset); local or s3://")
+    p.add_argument("items", nargs="*", help=items_help + " (tracking.uri finds the run)")
+    p.add_argument("--include-incorrect", action="store_true", help="keep traces whose answer did not verify")
+    p.add_argument("--min-reward", type=float, default=None, help="keep traces with at least this reward")
+    p.add_argument("--pass-rate", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                   help="keep traces of groups whose pass rate p is LO < p < HI (0 1: neither all wrong nor all right)")
+    p.add_argument("--max-tokens", type=int, default=None, help="keep responses of at most this many tokens")
     add("init-model", cmd_init_model, "Build the tiny Qwen2 model and tokenizer offline (cached).") \
         .add_argument("items", nargs="*", help=items_help)
     p = add("submit", cmd_submit, "Submit `ponder train` to a Ray cluster through the Ray Jobs API.")

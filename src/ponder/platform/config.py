@@ -164,9 +164,30 @@ class RewardConfig:
 
 
 @dataclass(frozen=True)
-class AlgoConfig:
-    """GRPO maths: advantages and the clipped token-level surrogate."""
+class StarConfig:
+    """`algo.name=star`: expert iteration (STaR) on the same pools and learner as GRPO. Each training step is one
+    iteration: sample rollout.samples_per_prompt rationales for each of trainer.prompts_per_step prompts, keep the
+    verified ones (deduplicated), optionally rationalize the failures, fine-tune on what was kept, push the weights."""
 
+    # A prompt none of whose samples verified is sampled again with the gold answer as a hint; a rationale that then
+    # verifies is kept *without* the hint (trained after the plain prompt); one that quotes the hint is not kept.
+    rationalize: bool = True
+    hint: str = "{prompt} (the answer is {answer})"  # the hinted question: {prompt} and {answer} are filled in
+    # true: every iteration fine-tunes the initial model afresh on every example kept so far (the STaR paper);
+    # false: the current policy goes on, trained on this iteration's examples only
+    restart: bool = False
+    epochs: int = at_least(1, 1)  # passes over the iteration's training examples
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """The algorithm (`name`) and GRPO's maths: advantages and the clipped token-level surrogate."""
+
+    name: str = one_of("grpo", "star", default="grpo")  # star: expert iteration (algo.star)
+    star: StarConfig = field(default_factory=StarConfig)
+    # > 0: RL with a replay of verified successes, a supervised term (token-mean NLL) on the step's correct samples
+    # added to the GRPO loss with this weight
+    replay_coef: float = at_least(0, 0.0)
     norm_adv_by_std: bool = True  # false = Dr. GRPO (centre rewards, no std scaling)
     clip_low: float = between(0, 1, 0.2)  # ratio clipped below at 1 - clip_low
     clip_high: float = at_least(0, 0.28)  # ratio clipped above at 1 + clip_high (DAPO clip-higher)
@@ -227,6 +248,8 @@ class TrainerConfig:
     eval_every: int = at_least(0, 10)  # held-out greedy evaluation every N steps (and at step 0 and the end); 0 = never
     eval_prompts: int = at_least(1, 256)  # held-out prompts used by the in-training evaluation
     log_samples_every: int = at_least(0, 10)  # sample rollouts logged to MLflow every N steps; 0 = never
+    # every scored sample of every step logged to MLflow (traces/step_N.jsonl): what `ponder export` reads
+    save_traces: bool = True
     output_dir: str = "outputs/run"
     save_final_model: bool = True
 

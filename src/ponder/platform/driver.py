@@ -24,16 +24,17 @@ from tqdm import tqdm
 
 from ponder.actors.rollout import Sampling
 from ponder.data.datasets import load_problems
+from ponder.data.traces import source_runs, traces_jsonl
 from ponder.eval.heldout import heldout_metrics
 from ponder.platform.evaluate import rollout_and_score
 from ponder.storage.checkpoints import CheckpointTarget
 from ponder.platform.cluster import Cluster
 from ponder.platform.config import PonderConfig, flatten, to_yaml
-from ponder.platform.lineage import lineage_tags
+from ponder.platform.lineage import lineage_tags, problems_digest
 from ponder.platform.plots import plot_compute_curve, plot_curves
 from ponder.platform.pools import LearnerGroup, NeedsCheckpoint, RewardPool, RolloutPool
 from ponder.platform.steps import StepSource, step_source
-from ponder.platform.tracking import CHECKPOINT_DIR_TAG, FINAL_MODEL, LATEST_CHECKPOINT_TAG, Tracker
+from ponder.platform.tracking import CHECKPOINT_DIR_TAG, FINAL_MODEL, LATEST_CHECKPOINT_TAG, TRACES_DIR, Tracker
 
 
 class TrainingStopped(RuntimeError):
@@ -82,6 +83,9 @@ def train(cfg: PonderConfig, target: Optional[CheckpointTarget] = None, start: O
     eval_set = load_problems(cfg.data.eval, "eval", cfg.data.task)[: cfg.trainer.eval_prompts]
     tracker = Tracker(cfg.tracking, flatten(cfg), to_yaml(cfg), run_id=run_id)
     tracker.set_tags({CHECKPOINT_DIR_TAG: target.url, **lineage_tags(cfg, train_set, eval_set)})
+    if run_id is None:  # a resumed run logged its inputs when it began
+        for source, problems, context in ((cfg.data.train, train_set, "train"), (cfg.data.eval, eval_set, "eval")):
+            tracker.log_dataset(source, problems_digest(problems), len(problems), context, source_runs(problems))
     result = TrainResult(tracker.run_id, cfg.trainer.output_dir)
     status = "FAILED"
     try:
@@ -144,7 +148,7 @@ def run_attempt(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, s
 
             if start is None:
                 evaluate(0)
-            bar = tqdm(range(state.step + 1, t.steps + 1), desc=f"grpo {cfg.pipeline.mode}", unit="step",
+            bar = tqdm(range(state.step + 1, t.steps + 1), desc=f"{cfg.algo.name} {cfg.pipeline.mode}", unit="step",
                        dynamic_ncols=True, initial=state.step, total=t.steps)
             for step in bar:
                 metrics, scored = steps.step(step)
@@ -156,6 +160,9 @@ def run_attempt(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, s
                     evaluate(step)
                 if t.log_samples_every and step % t.log_samples_every == 0:
                     tracker.log_text(samples_jsonl(ray.get(scored[0])[:8]), f"samples/step_{step:06d}.jsonl")
+                if t.save_traces:  # what `ponder export` turns into datasets (the flywheel)
+                    traces = traces_jsonl([s for batch in ray.get(scored) for s in batch], step)
+                    tracker.log_text(traces, f"{TRACES_DIR}/step_{step:06d}.jsonl")
                 if cfg.checkpoint.every and (step % cfg.checkpoint.every == 0 or step == t.steps):
                     state.accounting, state.batches_drawn = steps.accounting(), steps.batches_drawn()
                     result.checkpoint = save_checkpoint(cfg, tracker, target, learners, state)
@@ -208,6 +215,8 @@ def progress_line(metrics: dict[str, float], evals: dict[int, dict[str, float]])
         line["turns"] = f"{metrics['episode/turns_mean']:.1f}"
         if "tool/calls" in metrics:
             line["calls"] = f"{metrics['tool/calls'] / metrics['episode/count']:.2f}"
+    if "star/kept" in metrics:  # STaR: examples kept (rationalized among them)
+        line["kept"] = f"{metrics['star/kept']:.0f} ({metrics['star/rationalized']:.0f} hinted)"
     line["time"] = "/".join(f"{k[5:]} {v:.1f}" for k, v in metrics.items() if k.startswith("time/") and k != "time/step")
     return line
 

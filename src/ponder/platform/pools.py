@@ -221,6 +221,14 @@ class LearnerGroup:
         """One optimizer step on these scored batches (refs); the step's metrics."""
         return self._all("train", *batches)
 
+    def train_supervised(self, batches: list, epochs: int, seed: int) -> dict[str, float]:
+        """Fine-tune on these trajectory batches (refs) as demonstrations; the metrics."""
+        return self._all("train_supervised", *batches, epochs=epochs, seed=seed)
+
+    def reset(self) -> None:
+        """Every rank back to the initial model with a fresh optimizer."""
+        self._all("reset")
+
     def publish(self, version: int) -> WeightsVersion:
         """The current weights, published as `version` through the open transport."""
         return self._all("publish_weights", version)
@@ -237,8 +245,8 @@ class LearnerGroup:
         """The policy in Hugging Face format in `out_dir`, on rank 0's node."""
         return self._all("save_hf", out_dir)
 
-    def _all(self, method: str, *args):
-        return on_learners(self.ranks, lambda rank: getattr(rank, method).remote(*args))[0]
+    def _all(self, method: str, *args, **kwargs):
+        return on_learners(self.ranks, lambda rank: getattr(rank, method).remote(*args, **kwargs))[0]
 
 
 def on_learners(learners: list, call: Callable[[object], object]) -> list:

@@ -1,9 +1,10 @@
-"""Where the driver's training steps come from: one small interface, two sources.
+"""Where the driver's training steps come from: one small interface, three sources.
 
 `SyncSteps` runs the stages one after another (generate → score → train → push, `grpo_step`). `StreamingSteps`
 (`one_step_off`, `async`) lets the rollout actors generate continuously into the trajectory buffer while the learner
 trains (`streaming_step`; platform/pipeline.py keeps the engines fed). Either way trajectories travel as ObjectRefs
-from rollout actors to reward actors to learner ranks; the driver holds refs and pulls only metrics.
+from rollout actors to reward actors to learner ranks; the driver holds refs and pulls only metrics. `StarSteps`
+(platform/star.py, `algo.name=star`) makes each step an expert iteration on the same pools and learner.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ def step_source(cfg: PonderConfig, cluster: Cluster, rollouts: RolloutPool, rewa
                              first_group=index * t.prompts_per_step, budgets=r.thinking_budget,
                              budget_prompt=r.budget_prompt)
 
+    if cfg.algo.name == "star":
+        from ponder.platform.star import StarSteps  # it builds on this module's helpers
+
+        return StarSteps(cfg.algo.star, rollouts, rewards, learners, prompt_batch, sampling, cfg.data.template,
+                         cfg.seed, Ledger.of(accounting), step)
     if cfg.pipeline.mode == "sync":
         return SyncSteps(rollouts, rewards, learners, prompt_batch, sampling, Ledger.of(accounting), step)
     schedule = Schedule.of(cfg.pipeline)

@@ -72,6 +72,25 @@ class Tracker:
         self.mlflow.set_tag("ponder.registered_model", f"{name}/{version.version}")
         return version.version
 
+    def log_dataset(self, source: str, digest: str, rows: int, context: str, source_runs: list[str]) -> None:
+        """A file or s3:// dataset as an MLflow dataset input of this run (`context`: train, eval, sft), and, for a
+        dataset exported from other runs (`source_runs`, from its rows' traces), lineage both ways: this run is
+        tagged with them and each of them with this run (`ponder.consumed_by.<run id>`)."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.exceptions import MlflowException
+
+        try:
+            dataset = MetaDataset(resolve_dataset_source(source), name=Path(source.rstrip("/")).name, digest=digest[:12])
+        except MlflowException:  # not a path or URI MLflow knows (an embedded generator): the lineage tags say it
+            return
+        self.mlflow.log_input(dataset, context=context, tags={"ponder.rows": str(rows)})
+        if source_runs:
+            self.mlflow.set_tag(f"ponder.dataset.{context}.source_runs", ",".join(source_runs))
+        client = self.mlflow.tracking.MlflowClient()
+        for run_id in source_runs:
+            client.set_tag(run_id, f"ponder.consumed_by.{self.run_id}", f"{context} {source}")
+
     def artifact_uri(self) -> str:
         return self.run.info.artifact_uri
 
@@ -120,3 +139,28 @@ def download_model_of_run(cfg: TrackingConfig, run_id: str, dest: str) -> str:
                               "(trainer.save_final_model was false, or the run did not finish)")
         source = f"{_run(cfg, run_id).info.artifact_uri}/{FINAL_MODEL}"
     return mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=dest)
+
+
+TRACES_DIR = "traces"
+
+
+def traces_of_run(cfg: TrackingConfig, run_id: str, dest: str) -> tuple[list[dict], dict[str, str]]:
+    """Every trace the run logged (`traces/step_N.jsonl`, in step order) and the run's tags."""
+    import json
+
+    run = _run(cfg, run_id)
+    client = _client(cfg)
+    names = [a.path for a in client.list_artifacts(run_id, TRACES_DIR)]
+    if not names:
+        raise LookupError(f"MLflow run {run_id} logged no traces (trainer.save_traces was false, or it trained no "
+                          "step yet)")
+    traces = []
+    for name in sorted(names):
+        path = client.download_artifacts(run_id, name, dest)
+        traces += [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    return traces, dict(run.data.tags)
+
+
+def record_export(cfg: TrackingConfig, run_id: str, uri: str, digest: str, rows: int) -> None:
+    """Tag the exporting run with what was exported from it (`ponder.export.<digest>`)."""
+    _client(cfg).set_tag(run_id, f"ponder.export.{digest[:12]}", f"{uri} rows={rows}")

@@ -97,7 +97,7 @@ def validate(cfg: Any) -> None:
     r, lr, t, a, p = cfg.rollout, cfg.learner, cfg.trainer, cfg.algo, cfg.pipeline
     checks = [
         (r.samples_per_prompt == 1 or r.temperature > 0, "rollout.samples_per_prompt > 1 needs rollout.temperature > 0 (greedy samples would be identical)"),
-        (r.samples_per_prompt >= 2,
+        (r.samples_per_prompt >= 2 or a.name == "star",
          "rollout.samples_per_prompt = 1: advantages are relative to each prompt's group, so with one sample every "
          "advantage is 0 and nothing is learned; use >= 2 (8 is usual)"),
         (r.max_tokens < r.max_model_len, "rollout.max_tokens must be smaller than rollout.max_model_len"),
@@ -149,6 +149,15 @@ def validate(cfg: Any) -> None:
         (r.weight_sync != "nccl" or (r.num_gpus > 0 and lr.num_gpus > 0 and lr.zero_stage < 3),
          "rollout.weight_sync=nccl needs GPUs on both sides (rollout.num_gpus, learner.num_gpus > 0) and "
          "learner.zero_stage < 3; use weight_sync=auto otherwise"),
+        (a.name != "star" or p.mode == "sync",
+         "algo.name=star samples, keeps and fine-tunes one iteration at a time: use pipeline.mode=sync"),
+        (a.name != "star" or not r.env.name,
+         "algo.name=star does not take multi-turn episodes (rollout.env) yet: use algo.name=grpo for them"),
+        (a.name != "star" or not a.kl_coef and not a.replay_coef,
+         "algo.kl_coef and algo.replay_coef are GRPO's: set them to 0 with algo.name=star"),
+        (_hint_ok(a.star.hint),
+         f"algo.star.hint {a.star.hint!r} must contain {{prompt}} and {{answer}} and no other {{...}} field, e.g. "
+         "'{prompt} (the answer is {answer})'"),
     ]
     problems = [msg for ok, msg in checks if not ok]
     if problems:
@@ -175,6 +184,14 @@ def _budget_prompt_ok(text: str) -> bool:
     except ValueError:  # an unmatched brace
         return False
     return not text or fields == {"budget"}
+
+
+def _hint_ok(text: str) -> bool:
+    try:
+        fields = {field for _, field, _, _ in string.Formatter().parse(text) if field is not None}
+    except ValueError:
+        return False
+    return fields == {"prompt", "answer"}
 
 
 def _cores_ok(spec: Optional[str]) -> bool:

@@ -73,6 +73,12 @@ class NcclSender:
         self.version = version
         return WeightsVersion(version, "nccl", None, "", 0, {}, fetchable=False)
 
+    def rebind(self, module) -> None:
+        """Broadcast from `module` from now on (the learner rebuilt its model: STaR's restart)."""
+        from vllm.distributed.weight_transfer.base import ModuleSource
+
+        self.engine.source = ModuleSource(module)
+
     def close(self) -> None:
         self.engine.shutdown()
 
