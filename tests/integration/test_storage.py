@@ -188,3 +188,23 @@ def test_bad_urls_say_what_to_use():
         open_storage("gs://bucket/x")
     with pytest.raises(ValueError, match="no bucket"):
         open_storage("s3:///x")
+
+
+@pytest.mark.parametrize("name", ["flywheel.jsonl", "flywheel.parquet", "flywheel_hf"])
+def test_export_to_s3_and_reload_preserves_every_field(s3_endpoint, monkeypatch, name):
+    """`ponder export` to s3:// (a file, or a Hugging Face directory's objects) and `data.train=s3://...` read back."""
+    from ponder.data.datasets import load_problems
+    from ponder.data.traces import export_rows, write_dataset
+    from ponder.platform.config import TaskConfig
+
+    trace = {"prompt": "12+30", "answer": "42", "problem_reward": "math", "metadata": {"tests": ["assert 1"]},
+             "response": "2+0=2 </think> \\boxed{42}", "response_tokens": 24, "finish_reason": "stop", "reward": 1.1,
+             "terms": {"math": 1.0, "format": 1.0}, "correct": True, "masked": False, "critic": [[3, 0.25]],
+             "policy_version": 7, "turns": 1, "step": 7, "group_id": 3, "sample_index": 1, "pass_rate": 0.5}
+    rows = export_rows([trace], "run9", {"dataset": "embedded:arithmetic", "dataset_sha256": "0f" * 32})
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    uri = write_dataset(rows, f"s3://ckpt/exports/{name}")
+    [problem] = load_problems(uri, "train", TaskConfig())
+    assert (problem.prompt, problem.answer, problem.reward, problem.metadata) == \
+        (rows[0]["prompt"], rows[0]["answer"], rows[0]["reward"], rows[0]["metadata"])
+    assert problem.metadata["trace"]["critic"] == [[3, 0.25]] and problem.metadata["completion"] == trace["response"]

@@ -22,6 +22,7 @@ import torch
 
 from ponder.envs.stats import episode_stats
 from ponder.learner.advantages import grpo_advantages, length_shaping, process_advantages
+from ponder.data.stream import split_even
 from ponder.learner.batching import Packed, chunks, pack, shard_groups
 from ponder.learner.losses import entropy, kl_penalty, masked_sum, policy_loss, token_logprobs
 from ponder.storage.checkpoints import CheckpointError, CheckpointTarget
@@ -111,32 +112,42 @@ class LearnerWorker:
 
     def train_supervised(self, *batches: list[Trajectory], epochs: int = 1, seed: int = 0) -> dict[str, float]:
         """Fine-tune on trajectories as demonstrations (STaR's kept rationales): the token-mean NLL of their policy
-        tokens, `epochs` passes, in mini-batches of the RL step's size (so DeepSpeed's accumulation boundaries hold).
-        Every rank trains on its share, for the same number of optimizer steps."""
+        tokens over each mini-batch, `epochs` shuffled passes, mini-batches of at most the RL step's size. Every rank
+        trains on its share of the examples for the same number of optimizer steps (collective)."""
         everything = [t for batch in batches for t in batch]
         mine = everything[self.rank :: self.cfg.num_ranks] or everything
-        size = self.samples_per_minibatch
-        steps = max(1, math.ceil(epochs * math.ceil(len(everything) / self.cfg.num_ranks) / size))
-        order = _cycle(len(mine), random.Random(seed + self.rank))
+        per_epoch = math.ceil(math.ceil(len(everything) / self.cfg.num_ranks) / self.samples_per_minibatch)
+        rng = random.Random(seed + self.rank)
         losses: list[float] = []
         tokens = 0
-        for _ in range(steps):
-            batch = sorted((mine[next(order)] for _ in range(size)), key=lambda t: len(t.prompt_ids) + len(t.response_ids))
-            tokens += sum(len(t.prompt_ids) + len(t.response_ids) for t in batch)
-            micro = [pack(part, torch.zeros(len(part)), self.tokenizer.pad_token_id)
-                     for part in chunks(batch, self.cfg.micro_batch_size)]
-            normaliser = float(sum(p.response_mask.sum() for p in micro).clamp(min=1))
-            total = 0.0
-            for p in micro:
-                logp, _ = self._logprobs(p, grad=True, temperature=1.0)
-                loss = -masked_sum(logp, p.response_mask.to(logp.device)) / normaliser
-                self.engine.backward(loss, scale_wrt_gas=False)
-                self.engine.step()
-                total += float(loss.detach())
-            losses.append(total)
-        return {"train/sft_loss": sum(losses) / len(losses), "train/sft_steps": float(steps),
-                "train/tokens": float(tokens * self.cfg.num_ranks),  # every rank draws as many
+        try:
+            for _ in range(epochs):
+                order = rng.sample(mine, len(mine))
+                for part in split_even(order, per_epoch):
+                    batch = sorted(part or order[:1], key=lambda t: len(t.prompt_ids) + len(t.response_ids))
+                    tokens += sum(len(t.prompt_ids) + len(t.response_ids) for t in batch)
+                    losses.append(self._supervised_step(batch))
+        finally:
+            self.engine.set_gradient_accumulation_boundary(None)  # back to DeepSpeed's own count (GRPO steps)
+        return {"train/sft_loss": sum(losses) / len(losses), "train/sft_steps": float(len(losses)),
+                "train/tokens": float(tokens),  # this rank's share (all of it on one rank)
                 "grad_norm": float(self.engine.get_global_grad_norm() or 0.0)}
+
+    def _supervised_step(self, batch: list[Trajectory]) -> float:
+        """One optimizer step on the NLL of `batch` (token mean); its micro-batches may be fewer than a GRPO
+        mini-batch's, so the accumulation boundary is set here rather than counted by DeepSpeed."""
+        micro = [pack(part, torch.zeros(len(part)), self.tokenizer.pad_token_id)
+                 for part in chunks(batch, self.cfg.micro_batch_size)]
+        normaliser = float(sum(p.response_mask.sum() for p in micro).clamp(min=1))
+        total = 0.0
+        for i, p in enumerate(micro):
+            self.engine.set_gradient_accumulation_boundary(i == len(micro) - 1)
+            logp, _ = self._logprobs(p, grad=True, temperature=1.0)
+            loss = -masked_sum(logp, p.response_mask.to(logp.device)) / normaliser
+            self.engine.backward(loss, scale_wrt_gas=False)
+            self.engine.step()
+            total += float(loss.detach())
+        return total
 
     # -- training ---------------------------------------------------------------------------------------------------
     def train(self, *batches: list[Trajectory]) -> dict[str, float]:
@@ -336,14 +347,6 @@ class LearnerWorker:
             self.sender.close()
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
-
-
-def _cycle(n: int, rng: random.Random):
-    """Endless indices into n items: a fresh shuffle of range(n) per pass."""
-    while True:
-        order = list(range(n))
-        rng.shuffle(order)
-        yield from order
 
 
 def rollout_stats(trajectories: list[Trajectory]) -> dict[str, float]:

@@ -125,7 +125,7 @@ class StarSteps:
         if self.cfg.restart:
             self.kept += examples
         train_set = self.kept if self.cfg.restart else examples
-        metrics = rollout_stats(samples)
+        metrics = {**rollout_stats(samples), "train/tokens": 0.0}  # what was trained on, if anything was kept
         with timed(timings, "train"):
             if self.cfg.restart:
                 self.learners.reset()
@@ -149,7 +149,6 @@ class StarSteps:
             "star/train_examples": float(len(train_set)),
             "rollout/tokens": float(sum(len(t.response_ids) for t in samples + hinted)),
             **self.ledger.as_metrics(), **{f"time/{name}": v for name, v in timings.items()}})
-        metrics.setdefault("train/tokens", 0.0)
         metrics["time/step"] = sum(timings.values())
         metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / max(timings["generate"] + timings["rationalize"],
                                                                        1e-9)
