@@ -273,6 +273,8 @@ def cmd_sft(args) -> None:
     try:
         out = run_sft(cfg.sft, cfg.data, log=log)
         status = "FINISHED"
+    except ValueError as e:  # a dataset without anything to train toward
+        raise UsageError(str(e)) from None
     finally:
         run_id = finish(status)
     print(f"SFT warm start written to {out}" + (f" (MLflow run {run_id})" if run_id else " (cached: same settings "

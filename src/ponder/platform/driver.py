@@ -33,6 +33,7 @@ from ponder.platform.config import PonderConfig, flatten, to_yaml
 from ponder.platform.lineage import lineage_tags, problems_digest
 from ponder.platform.plots import plot_compute_curve, plot_curves
 from ponder.platform.pools import LearnerGroup, NeedsCheckpoint, RewardPool, RolloutPool
+from ponder.platform.star import star_steps
 from ponder.platform.steps import StepSource, step_source
 from ponder.platform.tracking import CHECKPOINT_DIR_TAG, FINAL_MODEL, LATEST_CHECKPOINT_TAG, TRACES_DIR, Tracker
 
@@ -131,8 +132,10 @@ def run_attempt(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, s
                 state = DriverState.from_json(learners.load(target, start))
                 state.last_step, state.config = t.steps, to_yaml(cfg)  # a resumed run may be given more steps
             result.history, result.evals = state.history, state.evals
-            steps: StepSource = step_source(cfg, cluster, rollouts, rewards, learners, train_set, state.step,
-                                            state.batches_drawn, state.accounting)
+            steps: StepSource = star_steps(cfg, rollouts, rewards, learners, train_set, state.step,
+                                           state.accounting) if cfg.algo.name == "star" else \
+                step_source(cfg, cluster, rollouts, rewards, learners, train_set, state.step, state.batches_drawn,
+                            state.accounting)
             earlier_restarts = dict(state.restarts)
             if start is not None:  # every engine serves the restored weights before the first step
                 result.checkpoint = target.uri(start)

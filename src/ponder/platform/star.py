@@ -24,9 +24,9 @@ from ponder.actors.buffer import Ledger
 from ponder.actors.rollout import Sampling
 from ponder.data.template import render_prompt
 from ponder.learner.worker import rollout_stats
-from ponder.platform.config import StarConfig
+from ponder.platform.config import PonderConfig, StarConfig
 from ponder.platform.pools import LearnerGroup, RewardPool, RolloutPool
-from ponder.platform.steps import timed
+from ponder.platform.steps import prompt_batches, timed, training_sampling
 from ponder.seeding import derive_seed
 from ponder.types import RolloutRequest, Trajectory
 
@@ -89,6 +89,13 @@ def rationalized(hinted: Iterable[Trajectory], plain: dict[int, Trajectory], hin
         source = plain[t.group_id]
         out += verified([replace(t, problem=source.problem, prompt_ids=list(source.prompt_ids))], seen)
     return out
+
+
+def star_steps(cfg: PonderConfig, rollouts: RolloutPool, rewards: RewardPool, learners: LearnerGroup,
+               train_set: list, step: int, accounting: dict[str, float]) -> "StarSteps":
+    """The STaR source of a run, going on after `step` with `accounting` (a resumed run's; zeros for a new one)."""
+    return StarSteps(cfg.algo.star, rollouts, rewards, learners, prompt_batches(cfg, train_set),
+                     training_sampling(cfg), cfg.data.template, cfg.seed, Ledger.of(accounting), step)
 
 
 class StarSteps:

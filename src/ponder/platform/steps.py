@@ -1,4 +1,4 @@
-"""Where the driver's training steps come from: one small interface, three sources.
+"""Where the driver's training steps come from: one small interface, and the GRPO sources.
 
 `SyncSteps` runs the stages one after another (generate → score → train → push, `grpo_step`). `StreamingSteps`
 (`one_step_off`, `async`) lets the rollout actors generate continuously into the trajectory buffer while the learner
@@ -41,32 +41,38 @@ class StepSource(Protocol):
         """End of training: the final accounting."""
 
 
-def step_source(cfg: PonderConfig, cluster: Cluster, rollouts: RolloutPool, rewards: RewardPool,
-                learners: LearnerGroup, train_set: list, step: int, batches_drawn: int,
-                accounting: dict[str, float]) -> StepSource:
-    """The configured mode's source, going on after `step` with `batches_drawn` and `accounting` (a resumed run's;
-    zeros for a new one)."""
+def training_sampling(cfg: PonderConfig) -> Sampling:
+    """How training samples are drawn: the group size, temperature, length, budget forcing and environment."""
+    r = cfg.rollout
+    return Sampling(r.samples_per_prompt, r.temperature, r.top_p, r.max_tokens, thinking=Thinking.of(r),
+                    env=r.episodes)
+
+
+def prompt_batches(cfg: PonderConfig, train_set: list) -> Callable[[int], list]:
+    """The run's prompt batches as requests: `batches(i)` is the i-th (from 1; = its step in sync mode)."""
     r, t = cfg.rollout, cfg.trainer
-    sampling = Sampling(r.samples_per_prompt, r.temperature, r.top_p, r.max_tokens, thinking=Thinking.of(r),
-                        env=r.episodes)
     stream = PromptStream(train_set, t.prompts_per_step, cfg.seed)
 
-    def prompt_batch(index: int) -> list:  # the index-th batch of the run (= its step in sync mode), from 1
+    def batch(index: int) -> list:
         return make_requests(stream.batch(index - 1), cfg.data.template, cfg.seed, index,
                              first_group=index * t.prompts_per_step, budgets=r.thinking_budget,
                              budget_prompt=r.budget_prompt)
 
-    if cfg.algo.name == "star":
-        from ponder.platform.star import StarSteps  # it builds on this module's helpers
+    return batch
 
-        return StarSteps(cfg.algo.star, rollouts, rewards, learners, prompt_batch, sampling, cfg.data.template,
-                         cfg.seed, Ledger.of(accounting), step)
+
+def step_source(cfg: PonderConfig, cluster: Cluster, rollouts: RolloutPool, rewards: RewardPool,
+                learners: LearnerGroup, train_set: list, step: int, batches_drawn: int,
+                accounting: dict[str, float]) -> StepSource:
+    """The configured GRPO mode's source, going on after `step` with `batches_drawn` and `accounting` (a resumed
+    run's; zeros for a new one)."""
+    sampling, prompt_batch = training_sampling(cfg), prompt_batches(cfg, train_set)
     if cfg.pipeline.mode == "sync":
         return SyncSteps(rollouts, rewards, learners, prompt_batch, sampling, Ledger.of(accounting), step)
     schedule = Schedule.of(cfg.pipeline)
     buffer = cluster.buffer(schedule.max_staleness, cfg.pipeline.dynamic_sampling)
     pipeline = StreamingRollouts.on_ray(schedule, prompt_batch, rollouts, rewards, buffer, sampling,
-                                        t.prompts_per_step, start_step=step + 1, batches_drawn=batches_drawn)
+                                        cfg.trainer.prompts_per_step, start_step=step + 1, batches_drawn=batches_drawn)
     return StreamingSteps(pipeline, learners, rewards, buffer, accounting)
 
 
