@@ -212,6 +212,30 @@ def test_replay_of_verified_successes_trains_on_them(parts):
     assert mean_logprob(learner, successes[:4]) > before + 0.01
 
 
+def test_replay_of_a_dataset_of_worked_solutions_alongside_the_grpo_step(parts):
+    """algo.replay_data: demonstrations (worked solutions) ride along a GRPO step with the replay term only; their
+    likelihood rises, the step's policy metrics stay those of the samples, and later steps train as before."""
+    from ponder.data.tiny_model import build_tokenizer
+    from ponder.learner.sft import encode_example, render_example
+
+    _, rollout, _, learner, problems = parts
+    demos = load_problems("embedded:arithmetic", "train", load_config([], []).data.task)[100:108]
+    tokenizer = build_tokenizer()
+    encoded = [encode_example(tokenizer, *render_example(tokenizer, p, "think")) for p in demos[:3]]
+
+    def demo_logprob() -> float:
+        values = [v for prompt, ids, _ in encoded for v in ray.get(learner.forward_logprobs.remote(prompt, ids))]
+        return sum(values) / len(values)
+
+    before = demo_logprob()
+    samples = ray.get(rollout.generate.remote(make_requests(problems, "think", 0, 23), SAMPLING))
+    metrics = ray.get(learner.train.remote(ray.put(samples), demos=("think", demos)))
+    assert metrics["train/replay_data_loss"] > 0 and math.isfinite(metrics["train/clip_frac"])
+    assert demo_logprob() > before + 0.05
+    later = ray.get(learner.train.remote(ray.put(samples)))  # DeepSpeed counts its own boundaries again
+    assert "train/replay_data_loss" not in later and math.isfinite(later["train/loss"])
+
+
 def test_supervised_training_on_kept_examples_and_reset_to_the_initial_model(parts, tiny_model_dir):
     """STaR's learner calls: `train_supervised` raises the likelihood of its examples; `reset` goes back to the
     initial weights exactly (the learner's logprobs equal a fresh load of the initial model's)."""

@@ -57,6 +57,7 @@ def test_verified_keeps_correct_unmasked_distinct_samples():
     (["algo.name=star", "rollout.env.name=tools"], "multi-turn"),
     (["algo.name=star", "algo.replay_coef=0.1"], "GRPO's"),
     (["algo.star.hint='{prompt} hint'"], "{answer}"),
+    (["algo.replay_data=x.jsonl"], "replay_coef"),
 ])
 def test_star_config_mistakes_fail_before_anything_starts(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("{", "\\{").replace("}", "\\}")):
@@ -107,3 +108,26 @@ def test_export_reload_round_trip_preserves_every_field(tmp_path, name):
     assert problems[0].metadata["k"] == 0  # the problem's own metadata rides along
     assert completion_segments(problems[0]) == [("12+30=42 </think> \\boxed{42}", True)]  # SFT trains on it verbatim
     assert source_runs(problems) == ["run123"]
+
+
+def test_demonstrations_pack_into_the_replay_mask_only():
+    """A demonstration trains through the replay term alone: no policy-loss tokens, replay tokens = its policy's."""
+    import torch
+
+    from ponder.learner.batching import pack
+
+    demo = traj(-1, "abcd", True, sampled_mask=[1, 0, 1, 1])
+    sample = traj(0, "xy", True)
+    p = pack([demo, sample], torch.zeros(2), 0, trained=[False, True], replay=[True, False])
+    assert p.response_mask[0].sum() == 0 and p.response_mask[1].sum() == 2
+    assert p.replay_mask[0].tolist()[2:] == [1.0, 0.0, 1.0, 1.0] and p.replay_mask[1].sum() == 0
+
+
+def test_a_replay_dataset_too_small_fails_before_ray(tiny_model_dir, tmp_path):
+    from ponder.platform.cli import UsageError, preflight
+
+    data = tmp_path / "demos.jsonl"
+    data.write_text('{"prompt": "1+1", "answer": "2", "solution": "1+1=2"}\n{"prompt": "2+2", "answer": "4"}\n')
+    cfg = load_config([], ["algo.replay_coef=0.1", f"algo.replay_data={data}", "algo.replay_per_step=2"])
+    with pytest.raises(UsageError, match="has 1 rows with a worked"):
+        preflight(cfg, tiny_model_dir)

@@ -38,6 +38,11 @@ def render_completion(reasoning: str, answer: str, answer_format: str = "boxed")
     return f"{reasoning}\n{THINK_CLOSE}\n\\boxed{{{answer}}}"
 
 
+def has_completion(problem: Problem) -> bool:
+    """Whether the problem carries something to train toward: a worked solution, episode or exported completion."""
+    return bool(problem.solution or problem.metadata.get("episode") or problem.metadata.get("completion"))
+
+
 def completion_segments(problem: Problem) -> list[tuple[str, bool]]:
     """The SFT target of a problem as (text, written by the policy) segments: its worked solution as one policy
     segment, its worked multi-turn episode (`metadata["episode"]`), whose environment segments are context only, or an

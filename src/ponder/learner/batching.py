@@ -28,8 +28,8 @@ def pack(trajectories: list[Trajectory], advantages: torch.Tensor, pad_id: int,
          dense: list[torch.Tensor] | None = None, trained: list[bool] | None = None,
          replay: list[bool] | None = None) -> Packed:
     """advantages: [B] aligned with `trajectories`; dense: optional per-sample [response length] additions; trained:
-    optional [B], False for samples that leave the loss (default: all but reward-masked ones); replay: optional [B],
-    True for samples also trained on as demonstrations (`replay_mask`)."""
+    optional [B], False for samples that leave the policy loss (default: all but reward-masked ones); replay: optional
+    [B], True for samples trained on as demonstrations (`replay_mask`: their policy tokens, whether or not trained)."""
     lengths = [len(t.prompt_ids) + len(t.response_ids) for t in trajectories]
     width = max(lengths)
     ids = torch.full((len(trajectories), width), pad_id, dtype=torch.long)
@@ -37,17 +37,19 @@ def pack(trajectories: list[Trajectory], advantages: torch.Tensor, pad_id: int,
     mask = torch.zeros((len(trajectories), width - 1))
     behaviour = torch.zeros((len(trajectories), width - 1))
     token_adv = torch.zeros((len(trajectories), width - 1))
+    replay_mask = torch.zeros((len(trajectories), width - 1)) if replay is not None else None
     for row, traj in enumerate(trajectories):
         p, r = len(traj.prompt_ids), len(traj.response_ids)
         ids[row, : p + r] = torch.tensor(traj.prompt_ids + traj.response_ids)
         attention[row, : p + r] = 1
+        # environment tokens (budget forcing's forced text) are context, never trained on
+        policy = torch.tensor(traj.sampled_mask, dtype=torch.float32) if traj.sampled_mask else 1.0
         if (not traj.masked) if trained is None else trained[row]:  # a sample whose reward failed trains on nothing
-            # environment tokens (budget forcing's forced text) are context, never trained on
-            mask[row, p - 1 : p + r - 1] = torch.tensor(traj.sampled_mask, dtype=torch.float32) if traj.sampled_mask \
-                else 1.0
+            mask[row, p - 1 : p + r - 1] = policy
+        if replay is not None and replay[row]:
+            replay_mask[row, p - 1 : p + r - 1] = policy
         behaviour[row, p - 1 : p + r - 1] = torch.tensor(traj.logprobs, dtype=torch.float32)
         token_adv[row, p - 1 : p + r - 1] = advantages[row] + (dense[row] if dense is not None else 0.0)
-    replay_mask = mask * torch.tensor(replay, dtype=torch.float32).unsqueeze(1) if replay is not None else None
     return Packed(ids, attention, ids[:, 1:], mask, behaviour, token_adv, replay_mask)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ponder.data.datasets import load_problems
-from ponder.data.template import chat_observation, chat_prompt, completion_segments, render_prompt
+from ponder.data.template import chat_observation, chat_prompt, completion_segments, has_completion, render_prompt
 from ponder.platform.config import DataConfig, SftConfig
 
 
@@ -40,8 +40,7 @@ def run_sft(cfg: SftConfig, data: DataConfig, progress: bool = True,
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.init_dir)
     model = AutoModelForCausalLM.from_pretrained(cfg.init_dir, dtype=torch.float32)
-    examples = [_example(tokenizer, p, data.template) for p in problems
-                if p.solution or p.metadata.get("episode") or p.metadata.get("completion")]
+    examples = [render_example(tokenizer, p, data.template) for p in problems if has_completion(p)]
     if not examples:
         raise ValueError(f"data.train {data.train!r} has no rows with a worked 'solution' (or episode, or exported "
                          "completion) to warm-start on")
@@ -73,13 +72,26 @@ def _digest(problems) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _example(tokenizer, problem, template: str) -> tuple[str, list[tuple[str, bool]]]:
+def render_example(tokenizer, problem, template: str) -> tuple[str, list[tuple[str, bool]]]:
     """(prompt, completion segments); with the chat template, rendered as the rollout engine renders them."""
     segments = completion_segments(problem)
     if template != "chat":
         return render_prompt(problem.prompt, template), segments
     return chat_prompt(tokenizer, problem.prompt), [
         (text if policy else chat_observation(tokenizer, text, closed=False), policy) for text, policy in segments]
+
+
+def encode_example(tokenizer, prompt: str, segments: list[tuple[str, bool]]) -> tuple[list[int], list[int], list[int]]:
+    """Prompt ids, completion ids ending in EOS, and per completion token 1 where the policy wrote it (the loss is on
+    those) and 0 for an environment's segment (context)."""
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    ids, policy = [], []
+    for text, written in segments:
+        piece = encode(text)
+        ids, policy = ids + piece, policy + [int(written)] * len(piece)
+    return encode(prompt), ids + [tokenizer.eos_token_id], policy + [1]
 
 
 def _length_grouped(examples: list[tuple[str, list]], batch_size: int, rng: random.Random, pool: int = 32):
@@ -97,16 +109,11 @@ def _batch(tokenizer, examples: list[tuple[str, list[tuple[str, bool]]]]):
     environment's segments of a worked episode are context (-100)."""
     import torch
 
-    def encode(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
     rows = []
     for prompt, segments in examples:
-        ids, labels = encode(prompt), [-100] * len(encode(prompt))
-        for text, policy in segments:
-            piece = encode(text)
-            ids, labels = ids + piece, labels + (piece if policy else [-100] * len(piece))
-        rows.append((ids + [tokenizer.eos_token_id], labels + [tokenizer.eos_token_id]))
+        prompt_ids, completion, policy = encode_example(tokenizer, prompt, segments)
+        labels = [t if written else -100 for t, written in zip(completion, policy)]
+        rows.append((prompt_ids + completion, [-100] * len(prompt_ids) + labels))
     width = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)

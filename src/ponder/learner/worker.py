@@ -24,6 +24,7 @@ from ponder.envs.stats import episode_stats
 from ponder.learner.advantages import grpo_advantages, length_shaping, process_advantages
 from ponder.data.stream import split_even
 from ponder.learner.batching import Packed, chunks, pack, shard_groups
+from ponder.learner.sft import encode_example, render_example
 from ponder.learner.losses import entropy, kl_penalty, masked_sum, policy_loss, token_logprobs
 from ponder.storage.checkpoints import CheckpointError, CheckpointTarget
 from ponder.platform.config import AlgoConfig, LearnerConfig, parse_cores
@@ -150,13 +151,17 @@ class LearnerWorker:
         return total
 
     # -- training ---------------------------------------------------------------------------------------------------
-    def train(self, *batches: list[Trajectory]) -> dict[str, float]:
+    def train(self, *batches: list[Trajectory], demos: tuple[str, list] | None = None) -> dict[str, float]:
+        """One GRPO step on the scored batches; `demos` = (template, problems): demonstrations replayed with the
+        replay term only (algo.replay_data), this rank's share split over the mini-batches."""
         everything = [t for batch in batches for t in batch]
         mine = shard_groups(everything, self.cfg.num_ranks, self.rank)
         advantages, dense, trained = self._advantages(mine)
         metrics: dict[str, list[float]] = {}
         groups = sorted({t.group_id for t in mine})
-        for mb_groups in chunks(groups, len(groups) // self.cfg.num_minibatches):
+        shown = split_even(self._demonstrations(*demos)[self.rank :: self.cfg.num_ranks] if demos else [],
+                           self.cfg.num_minibatches)
+        for mb, mb_groups in enumerate(chunks(groups, len(groups) // self.cfg.num_minibatches)):
             selected = set(mb_groups)
             index = [i for i, t in enumerate(mine) if t.group_id in selected]
             # micro-batches of similar lengths: long-tailed responses padded to a short one's length cost little
@@ -166,7 +171,9 @@ class LearnerWorker:
                           [dense[i] for i in part] if dense else None, [trained[i] for i in part],
                           replay=[trained[i] and mine[i].correct for i in part] if self.algo.replay_coef else None)
                      for part in chunks(index, self.cfg.micro_batch_size)]
-            self._minibatch_step(micro, metrics, reuse_logprobs=self.cfg.num_minibatches == 1)
+            extra = [pack(part, torch.zeros(len(part)), self.tokenizer.pad_token_id, trained=[False] * len(part),
+                          replay=[True] * len(part)) for part in chunks(shown[mb], self.cfg.micro_batch_size)]
+            self._minibatch_step(micro, metrics, reuse_logprobs=self.cfg.num_minibatches == 1, demos=extra)
         out = {k: sum(v) / len(v) for k, v in metrics.items()}
         out.update(grad_norm=float(self.engine.get_global_grad_norm() or 0.0), **rollout_stats(everything))
         if self.algo.overlong_filter:  # truncated samples the step left out of the loss (every rank sees every sample)
@@ -203,13 +210,15 @@ class LearnerWorker:
         kept = set(keep)
         return advantages, dense, [i in kept for i in range(len(trajectories))]
 
-    def _minibatch_step(self, micro: list[Packed], metrics: dict[str, list[float]], reuse_logprobs: bool) -> None:
+    def _minibatch_step(self, micro: list[Packed], metrics: dict[str, list[float]], reuse_logprobs: bool,
+                        demos: list[Packed] = ()) -> None:
         """One optimizer step over `micro`. The clipped ratio is taken against the proximal policy (this step's weights
         before the update: with a single mini-batch per step, this forward's own logprobs, detached; otherwise computed
-        first); `behaviour_correction` reweights for the engine's behaviour logprobs, which may be versions older."""
+        first); `behaviour_correction` reweights for the engine's behaviour logprobs, which may be versions older.
+        `demos`: demonstrations' micro-batches, trained with the replay term only, after the samples'."""
         normaliser = float(sum(p.response_mask.sum() for p in micro).clamp(min=1))
-        replay_tokens = float(sum(p.replay_mask.sum() for p in micro if p.replay_mask is not None).clamp(min=1)) \
-            if self.algo.replay_coef else 1.0
+        replay_tokens = float(sum((p.replay_mask.sum() for p in [*micro, *demos] if p.replay_mask is not None),
+                                  torch.tensor(0.0)).clamp(min=1))
         old = None if reuse_logprobs else [self._logprobs(p, grad=False)[0] for p in micro]
         for i, p in enumerate(micro):
             logp, logits = self._logprobs(p, grad=True)
@@ -219,9 +228,10 @@ class LearnerWorker:
                                       p.advantages.to(logp.device), mask, self.algo, normaliser)
             stats["pg_loss"] = float(loss.detach())
             if p.replay_mask is not None:  # RL with a replay of verified successes: their NLL, token-mean
-                replay = -masked_sum(logp, p.replay_mask.to(logp.device)) / replay_tokens
-                loss = loss + self.algo.replay_coef * replay
-                stats["replay_loss"] = float(replay.detach())
+                nll = -masked_sum(logp, p.replay_mask.to(logp.device))
+                loss = loss + self.algo.replay_coef * nll / replay_tokens
+                if p.replay_mask.any():
+                    metrics.setdefault("train/replay_loss", []).append(float(nll.detach() / p.replay_mask.sum()))
             ent = entropy(logits)
             if self.algo.entropy_coef:
                 loss = loss - self.algo.entropy_coef * masked_sum(ent, mask) / normaliser
@@ -233,6 +243,8 @@ class LearnerWorker:
                 kl = kl_penalty(logp, ref_logp, self.algo.kl_estimator)
                 loss = loss + self.algo.kl_coef * masked_sum(kl, mask) / normaliser
                 stats["kl"] = float(masked_sum(kl.detach(), mask) / mask.sum().clamp(min=1))
+            if demos:  # more micro-batches than DeepSpeed counts on: the optimizer steps after the last demo's
+                self.engine.set_gradient_accumulation_boundary(False)
             self.engine.backward(loss, scale_wrt_gas=False)
             self.engine.step()
             n = mask.sum().clamp(min=1)
@@ -241,6 +253,25 @@ class LearnerWorker:
                                                            .abs(), mask) / n))
             for k, v in stats.items():
                 metrics.setdefault(f"train/{k}", []).append(v)
+        for i, p in enumerate(demos):
+            self.engine.set_gradient_accumulation_boundary(i == len(demos) - 1)
+            logp, _ = self._logprobs(p, grad=True)
+            nll = -masked_sum(logp, p.replay_mask.to(logp.device))
+            self.engine.backward(self.algo.replay_coef * nll / replay_tokens, scale_wrt_gas=False)
+            self.engine.step()
+            metrics.setdefault("train/replay_data_loss", []).append(float(nll.detach() / p.replay_mask.sum()))
+        if demos:
+            self.engine.set_gradient_accumulation_boundary(None)
+
+    def _demonstrations(self, template: str, problems: list) -> list[Trajectory]:
+        """Worked solutions (or exported completions) as trajectories the replay term trains on; negative group ids
+        keep them apart from the step's samples."""
+        out = []
+        for i, problem in enumerate(problems):
+            prompt_ids, ids, policy = encode_example(self.tokenizer, *render_example(self.tokenizer, problem, template))
+            out.append(Trajectory(-1 - i, 0, problem, prompt_ids, ids, "", [0.0] * len(ids), "stop", -1,
+                                  sampled_mask=policy, correct=True))
+        return out
 
     def _logprobs(self, p: Packed, grad: bool, temperature: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Token logprobs [B, L-1] and logits under the current policy, at the sampling temperature unless given."""

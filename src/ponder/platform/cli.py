@@ -77,6 +77,14 @@ def preflight(cfg: PonderConfig, model_path: str) -> None:
     if cfg.reward.accuracy_from not in names:
         raise UsageError(f"reward.accuracy_from = {cfg.reward.accuracy_from!r} names no configured reward; use one of "
                          f"{', '.join(names)}")
+    if cfg.algo.replay_data:
+        from ponder.data.template import has_completion
+
+        shown = sum(map(has_completion, load_problems(cfg.algo.replay_data, "train", cfg.data.task)))
+        if shown < cfg.algo.replay_per_step:
+            raise UsageError(f"algo.replay_data {cfg.algo.replay_data!r} has {shown} rows with a worked 'solution' "
+                             f"(or exported completion), fewer than algo.replay_per_step = {cfg.algo.replay_per_step}; "
+                             "lower replay_per_step or give a dataset of worked solutions")
     for source, split in ((cfg.data.train, "train"), (cfg.data.eval, "eval")):
         for name in sorted({p.reward for p in load_problems(source, split, cfg.data.task) if p.reward}):
             try:

@@ -188,6 +188,9 @@ class AlgoConfig:
     # > 0: RL with a replay of verified successes, a supervised term (token-mean NLL) on the step's correct samples
     # added to the GRPO loss with this weight
     replay_coef: float = at_least(0, 0.0)
+    # with replay_coef: also replay this dataset's worked solutions (or an export's completions) every step
+    replay_data: Optional[str] = None
+    replay_per_step: int = at_least(1, 32)  # demonstrations from replay_data per step (split over learner ranks)
     norm_adv_by_std: bool = True  # false = Dr. GRPO (centre rewards, no std scaling)
     clip_low: float = between(0, 1, 0.2)  # ratio clipped below at 1 - clip_low
     clip_high: float = at_least(0, 0.28)  # ratio clipped above at 1 + clip_high (DAPO clip-higher)

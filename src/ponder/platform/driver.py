@@ -34,7 +34,7 @@ from ponder.platform.lineage import lineage_tags, problems_digest
 from ponder.platform.plots import plot_compute_curve, plot_curves
 from ponder.platform.pools import LearnerGroup, NeedsCheckpoint, RewardPool, RolloutPool
 from ponder.platform.star import star_steps
-from ponder.platform.steps import StepSource, step_source
+from ponder.platform.steps import StepSource, demonstration_batches, step_source
 from ponder.platform.tracking import CHECKPOINT_DIR_TAG, FINAL_MODEL, LATEST_CHECKPOINT_TAG, TRACES_DIR, Tracker
 
 
@@ -132,6 +132,8 @@ def run_attempt(cfg: PonderConfig, tracker: Tracker, target: CheckpointTarget, s
                 state = DriverState.from_json(learners.load(target, start))
                 state.last_step, state.config = t.steps, to_yaml(cfg)  # a resumed run may be given more steps
             result.history, result.evals = state.history, state.evals
+            if cfg.algo.replay_data:  # demonstrations replayed every step, from where the run is
+                learners.demonstrations = demonstration_batches(cfg, state.step)
             steps: StepSource = star_steps(cfg, rollouts, rewards, learners, train_set, state.step,
                                            state.accounting) if cfg.algo.name == "star" else \
                 step_source(cfg, cluster, rollouts, rewards, learners, train_set, state.step, state.batches_drawn,

@@ -216,10 +216,11 @@ class LearnerGroup:
 
     def __init__(self, ranks: list, placement_group=None):
         self.ranks, self.placement_group = ranks, placement_group  # the group is removed with it (Cluster.retire)
+        self.demonstrations: Optional[Callable[[], tuple]] = None  # algo.replay_data: each step's (template, problems)
 
     def train(self, *batches) -> dict[str, float]:
-        """One optimizer step on these scored batches (refs); the step's metrics."""
-        return self._all("train", *batches)
+        """One optimizer step on these scored batches (refs), with the next demonstrations if any; the metrics."""
+        return self._all("train", *batches, demos=self.demonstrations() if self.demonstrations else None)
 
     def train_supervised(self, batches: list, epochs: int, seed: int) -> dict[str, float]:
         """Fine-tune on these trajectory batches (refs) as demonstrations; the metrics."""

@@ -9,6 +9,7 @@ from rollout actors to reward actors to learner ranks; the driver holds refs and
 
 from __future__ import annotations
 
+import itertools
 import time
 from contextlib import contextmanager
 from typing import Callable, Protocol
@@ -17,7 +18,9 @@ import ray
 
 from ponder.actors.buffer import Ledger
 from ponder.actors.rollout import Sampling, Thinking
+from ponder.data.datasets import load_problems
 from ponder.data.stream import PromptStream, make_requests
+from ponder.data.template import has_completion
 from ponder.platform.cluster import Cluster
 from ponder.platform.config import PonderConfig
 from ponder.platform.pipeline import Schedule, StreamingRollouts
@@ -59,6 +62,14 @@ def prompt_batches(cfg: PonderConfig, train_set: list) -> Callable[[int], list]:
                              budget_prompt=r.budget_prompt)
 
     return batch
+
+
+def demonstration_batches(cfg: PonderConfig, position: int) -> Callable[[], tuple[str, list]]:
+    """algo.replay_data's demonstrations for the learner, `algo.replay_per_step` a step from a seeded stream of the
+    rows that have something to train toward, going on after `position` steps (a resumed run's)."""
+    problems = [p for p in load_problems(cfg.algo.replay_data, "train", cfg.data.task) if has_completion(p)]
+    stream, count = PromptStream(problems, cfg.algo.replay_per_step, cfg.seed + 1), itertools.count(position)
+    return lambda: (cfg.data.template, stream.batch(next(count)))
 
 
 def step_source(cfg: PonderConfig, cluster: Cluster, rollouts: RolloutPool, rewards: RewardPool,

@@ -155,6 +155,8 @@ def validate(cfg: Any) -> None:
          "algo.name=star does not take multi-turn episodes (rollout.env) yet: use algo.name=grpo for them"),
         (a.name != "star" or not a.kl_coef and not a.replay_coef,
          "algo.kl_coef and algo.replay_coef are GRPO's: set them to 0 with algo.name=star"),
+        (not a.replay_data or a.replay_coef > 0,
+         "algo.replay_data is replayed with the replay term's weight: set algo.replay_coef > 0 (e.g. 0.1)"),
         (_hint_ok(a.star.hint),
          f"algo.star.hint {a.star.hint!r} must contain {{prompt}} and {{answer}} and no other {{...}} field, e.g. "
          "'{prompt} (the answer is {answer})'"),
