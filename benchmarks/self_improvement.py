@@ -8,7 +8,10 @@
 
 Usage (nothing else running; ~15 minutes on 2 cores):
 
-    .venv/bin/python benchmarks/self_improvement.py [--steps 12] [--out outputs/bench_self_improvement]
+    .venv/bin/python benchmarks/self_improvement.py [--steps 12] [--out outputs/bench_self_improvement] [--replay]
+
+With --replay: GRPO, GRPO with the replay of each step's verified successes, and GRPO with the replay of gold worked
+solutions (algo.replay_data), same table, no flywheel.
 """
 
 from __future__ import annotations
@@ -35,13 +38,20 @@ RUNS = {"STaR + rationalization": ["configs/star.yaml"],
         "STaR, no rationalization": ["configs/star.yaml", "algo.star.rationalize=false"],
         "STaR + rationalization, restart": ["configs/star.yaml", "algo.star.restart=true"],
         "GRPO": []}
+REPLAY_RUNS = {"GRPO + replay of successes (0.1)": ["algo.replay_coef=0.1"],
+               "GRPO + replay of gold solutions (0.1, 32/step)": ["algo.replay_coef=0.1",
+                                                                   "algo.replay_data=embedded:arithmetic"],
+               "GRPO": []}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--out", default="outputs/bench_self_improvement")
+    parser.add_argument("--replay", action="store_true", help="GRPO with and without the replay terms instead (no "
+                                                                   "flywheel)")
     args = parser.parse_args()
+    runs = REPLAY_RUNS if args.replay else RUNS
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     common = [f"trainer.steps={args.steps}", "trainer.eval_every=2", "checkpoint.every=0",
@@ -52,7 +62,7 @@ def main() -> None:
     run_sft(base.sft, base.data)  # the demo's warm start (cached)
 
     results, wall = {}, {}
-    for name, extra in RUNS.items():
+    for name, extra in runs.items():
         files = [e for e in extra if e.endswith(".yaml")]
         cfg = load_config(["configs/default.yaml", *files],
                           common + [e for e in extra if "=" in e] + [f"trainer.output_dir={out}/{len(results)}"])
@@ -61,9 +71,9 @@ def main() -> None:
         wall[name] = time.perf_counter() - started
 
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; command: python "
-          f"benchmarks/self_improvement.py --steps {args.steps}\n")
-    print("| step | " + " | ".join(f"{n}: held-out (train s)" for n in RUNS) + " |")
-    print("| --- |" + " --- |" * len(RUNS))
+          f"benchmarks/self_improvement.py --steps {args.steps}{' --replay' * args.replay}\n")
+    print("| step | " + " | ".join(f"{n}: held-out (train s)" for n in runs) + " |")
+    print("| --- |" + " --- |" * len(runs))
     for step in sorted(results["GRPO"].evals):
         cells = [f"{r.evals[step]['eval/accuracy']:.3f} ({r.evals[step]['time/train_elapsed_s']:.0f})"
                  for r in results.values()]
@@ -76,6 +86,8 @@ def main() -> None:
               f"MLflow run {r.run_id}")
         print("    accounting: " + ", ".join(f"{k} {v:.0f}" for k, v in r.accounting.items() if v))
 
+    if args.replay:
+        return
     grpo = results["GRPO"]
     export = export_run(base, grpo.run_id, str(out / "flywheel.jsonl"), TraceFilter())
     print(f"\nflywheel: exported {export.rows} of {export.traces} traces (left out {export.left_out})")
