@@ -135,19 +135,25 @@ class LearnerWorker:
                 "grad_norm": float(self.engine.get_global_grad_norm() or 0.0)}
 
     def _supervised_step(self, batch: list[Trajectory]) -> float:
-        """One optimizer step on the NLL of `batch` (token mean); its micro-batches may be fewer than a GRPO
-        mini-batch's, so the accumulation boundary is set here rather than counted by DeepSpeed."""
-        micro = [pack(part, torch.zeros(len(part)), self.tokenizer.pad_token_id)
-                 for part in chunks(batch, self.cfg.micro_batch_size)]
-        normaliser = float(sum(p.response_mask.sum() for p in micro).clamp(min=1))
+        """One optimizer step on the token-mean NLL of `batch`'s policy tokens (at temperature 1); returns it."""
+        micro = [pack(part, torch.zeros(len(part)), self.tokenizer.pad_token_id, trained=[False] * len(part),
+                      replay=[True] * len(part)) for part in chunks(batch, self.cfg.micro_batch_size)]
+        tokens = float(sum(p.replay_mask.sum() for p in micro).clamp(min=1))
+        return self._demonstration_steps(micro, 1.0, tokens, temperature=1.0) / tokens
+
+    def _demonstration_steps(self, micro: list[Packed], weight: float, normaliser: float,
+                             temperature: float | None = None) -> float:
+        """Backward and step `weight` × NLL(replay_mask tokens) / `normaliser` over `micro`, the optimizer stepping
+        after the last (the accumulation boundary is set here: these micro-batches are not the ones DeepSpeed
+        counts on). Returns the summed NLL."""
         total = 0.0
         for i, p in enumerate(micro):
             self.engine.set_gradient_accumulation_boundary(i == len(micro) - 1)
-            logp, _ = self._logprobs(p, grad=True, temperature=1.0)
-            loss = -masked_sum(logp, p.response_mask.to(logp.device)) / normaliser
-            self.engine.backward(loss, scale_wrt_gas=False)
+            logp, _ = self._logprobs(p, grad=True, temperature=temperature)
+            nll = -masked_sum(logp, p.replay_mask.to(logp.device))
+            self.engine.backward(weight * nll / normaliser, scale_wrt_gas=False)
             self.engine.step()
-            total += float(loss.detach())
+            total += float(nll.detach())
         return total
 
     # -- training ---------------------------------------------------------------------------------------------------
@@ -253,15 +259,10 @@ class LearnerWorker:
                                                            .abs(), mask) / n))
             for k, v in stats.items():
                 metrics.setdefault(f"train/{k}", []).append(v)
-        for i, p in enumerate(demos):
-            self.engine.set_gradient_accumulation_boundary(i == len(demos) - 1)
-            logp, _ = self._logprobs(p, grad=True)
-            nll = -masked_sum(logp, p.replay_mask.to(logp.device))
-            self.engine.backward(self.algo.replay_coef * nll / replay_tokens, scale_wrt_gas=False)
-            self.engine.step()
-            metrics.setdefault("train/replay_data_loss", []).append(float(nll.detach() / p.replay_mask.sum()))
         if demos:
-            self.engine.set_gradient_accumulation_boundary(None)
+            nll = self._demonstration_steps(demos, self.algo.replay_coef, replay_tokens)
+            metrics.setdefault("train/replay_data_loss", []).append(nll / float(sum(p.replay_mask.sum() for p in demos)))
+            self.engine.set_gradient_accumulation_boundary(None)  # back to DeepSpeed's own count
 
     def _demonstrations(self, template: str, problems: list) -> list[Trajectory]:
         """Worked solutions (or exported completions) as trajectories the replay term trains on; negative group ids
