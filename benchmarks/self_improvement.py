@@ -61,30 +61,8 @@ def main() -> None:
     build_tiny_model(base.tiny_model)
     run_sft(base.sft, base.data)  # the demo's warm start (cached)
 
-    results, wall = {}, {}
-    for name, extra in runs.items():
-        files = [e for e in extra if e.endswith(".yaml")]
-        cfg = load_config(["configs/default.yaml", *files],
-                          common + [e for e in extra if "=" in e] + [f"trainer.output_dir={out}/{len(results)}"])
-        started = time.perf_counter()
-        results[name] = train(cfg)
-        wall[name] = time.perf_counter() - started
-
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; command: python "
-          f"benchmarks/self_improvement.py --steps {args.steps}{' --replay' * args.replay}\n")
-    print("| step | " + " | ".join(f"{n}: held-out (train s)" for n in runs) + " |")
-    print("| --- |" + " --- |" * len(runs))
-    for step in sorted(results["GRPO"].evals):
-        cells = [f"{r.evals[step]['eval/accuracy']:.3f} ({r.evals[step]['time/train_elapsed_s']:.0f})"
-                 for r in results.values()]
-        print(f"| {step} | " + " | ".join(cells) + " |")
-    budget = min(max(e["time/train_elapsed_s"] for e in r.evals.values()) for r in results.values())
-    print(f"\nat equal training wall-clock ({budget:.0f} s, the longest all runs reached):")
-    for name, r in results.items():
-        step = max(s for s, e in r.evals.items() if e["time/train_elapsed_s"] <= budget + 1e-6)
-        print(f"  {name}: {r.evals[step]['eval/accuracy']:.3f} (step {step}); whole run {wall[name]:.0f} s; "
-              f"MLflow run {r.run_id}")
-        print("    accounting: " + ", ".join(f"{k} {v:.0f}" for k, v in r.accounting.items() if v))
+    command = f"benchmarks/self_improvement.py --steps {args.steps}{' --replay' * args.replay}"
+    results = compare(runs, common, out, command)
 
     if args.replay:
         return
@@ -107,6 +85,35 @@ def main() -> None:
     print("\n| model | held-out greedy accuracy |\n| --- | --- |")
     for name, value in accuracy.items():
         print(f"| {name} | {value:.3f} |")
+
+
+def compare(runs: dict[str, list[str]], common: list[str], out: Path, command: str) -> dict:
+    """Train each run (config files and overrides over configs/default.yaml and `common`) one after another; print
+    held-out accuracy per evaluation and at equal training wall-clock (the longest time every run reached)."""
+    results, wall = {}, {}
+    for name, extra in runs.items():
+        files = [e for e in extra if e.endswith(".yaml")]
+        cfg = load_config(["configs/default.yaml", *files],
+                          common + [e for e in extra if "=" in e] + [f"trainer.output_dir={out}/{len(results)}"])
+        started = time.perf_counter()
+        results[name] = train(cfg)
+        wall[name] = time.perf_counter() - started
+
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; command: python {command}\n")
+    print("| step | " + " | ".join(f"{n}: held-out (train s)" for n in runs) + " |")
+    print("| --- |" + " --- |" * len(runs))
+    for step in sorted(next(iter(results.values())).evals):
+        cells = [f"{r.evals[step]['eval/accuracy']:.3f} ({r.evals[step]['time/train_elapsed_s']:.0f})"
+                 for r in results.values()]
+        print(f"| {step} | " + " | ".join(cells) + " |")
+    budget = min(max(e["time/train_elapsed_s"] for e in r.evals.values()) for r in results.values())
+    print(f"\nat equal training wall-clock ({budget:.0f} s, the longest all runs reached):")
+    for name, r in results.items():
+        step = max(s for s, e in r.evals.items() if e["time/train_elapsed_s"] <= budget + 1e-6)
+        print(f"  {name}: {r.evals[step]['eval/accuracy']:.3f} (step {step}); whole run {wall[name]:.0f} s; "
+              f"MLflow run {r.run_id}")
+        print("    accounting: " + ", ".join(f"{k} {v:.0f}" for k, v in r.accounting.items() if v))
+    return results
 
 
 if __name__ == "__main__":

@@ -56,6 +56,12 @@ def one_step(parts, step: int):
     return ray.get(scored), ray.get(counts).counts, metrics, handle
 
 
+def push(parts, version: int) -> None:
+    """The learner's current weights onto the engine (a test that compares the two starts from here)."""
+    _, rollout, _, learner, _ = parts
+    assert ray.get(rollout.load_weights.remote(ray.get(learner.publish_weights.remote(version)))) == version
+
+
 def test_full_training_step_and_version_stamps(parts):
     trajectories, counts, metrics, handle = one_step(parts, step=1)
     assert len(trajectories) == 4 * SAMPLING.n
@@ -111,6 +117,7 @@ def test_long_chains_of_thought_flow_through_engine_and_learner(parts):
     assert all(len(t.response_ids) >= 2500 and len(t.logprobs) == len(t.response_ids) for t in trajectories)
     metrics = ray.get(learner.train.remote(scored))
     assert metrics["rollout/response_len_mean"] >= 2500 and math.isfinite(metrics["train/loss"])
+    push(parts, 5)
     # Before min_tokens the engine samples from the EOS-suppressed distribution (its logprobs say so); past it the
     # two distributions are the same, and the engine must still agree with the learner thousands of tokens in.
     fresh = ray.get(rollout.generate.remote(make_requests(problems[:1], "think", 0, 6), long))[0]
@@ -124,6 +131,7 @@ def test_thinking_budget_forces_the_answer_and_keeps_logprobs_exact(parts):
     closing text and answer prefix follow as environment tokens (masked from the loss), and the policy's tokens after
     them still carry the logprobs the learner computes for them."""
     _, rollout, reward, learner, problems = parts
+    push(parts, 7)
     forced = "\n</think>\n\\boxed{"
     forced_ids = build_tokenizer()(forced, add_special_tokens=False)["input_ids"]
     budgeted = Sampling(n=2, temperature=1.0, top_p=1.0, max_tokens=60, min_tokens=20, thinking=Thinking(budget=20))
@@ -179,6 +187,7 @@ def test_chat_template_episodes_on_the_real_engine(parts):
     """`data.template=chat`: the engine renders the prompt with the model's own chat template (the tiny tokenizer
     carries a ChatML one) and each observation as a message of that template; policy logprobs stay exact."""
     _, rollout, _, learner, problems = parts
+    push(parts, 10)
     tokenizer = build_tokenizer()
     env = EnvConfig(name="revision", options={"critique": "self", "revisions": 1, "review": "Check."},
                     max_turns=2, max_turn_tokens=6)

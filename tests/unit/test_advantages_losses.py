@@ -5,10 +5,13 @@ import math
 import pytest
 import torch
 
-from ponder.learner.advantages import grpo_advantages, process_advantages
-from ponder.learner.batching import pack
+from ponder.learner.advantages import (batch_normalised, grpo_advantages, kl_returns, outcome_advantages,
+                                       process_advantages, rloo_advantages, token_moments)
+from ponder.learner.batching import micro_batches, pack
+from ponder.platform.config import AlgoConfig
 from ponder.types import Problem, Trajectory
-from ponder.learner.losses import behaviour_correction, clipped_surrogate, entropy, kl_penalty, token_logprobs
+from ponder.learner.losses import (behaviour_correction, clipped_surrogate, entropy, kl_penalty, sequence_surrogate,
+                                   token_logprobs)
 
 
 def test_grpo_advantages_by_hand():
@@ -115,3 +118,106 @@ def test_dense_advantages_sit_on_response_tokens_and_reach_the_loss():
     logp = torch.zeros(1, 4)
     loss, _ = clipped_surrogate(logp, logp, packed.advantages, packed.response_mask, 0.2, 0.2, normaliser=3.0)
     assert float(loss) == pytest.approx(-(1.5 + 0.5 - 0.5) / 3)  # ratio 1: the loss is minus the mean advantage
+
+
+def test_rloo_advantages_by_hand():
+    # group 0: 1, 0, 0 -> baselines (0+0)/2, (1+0)/2, (1+0)/2; group 1: 2, 4 -> baselines 4, 2; group 2 alone
+    adv = rloo_advantages(torch.tensor([1.0, 0.0, 0.0, 2.0, 4.0, 7.0]), torch.tensor([0, 0, 0, 1, 1, 2]))
+    assert adv.tolist() == pytest.approx([1.0, -0.5, -0.5, -2.0, 2.0, 0.0])
+
+
+def test_outcome_advantages_follow_the_algorithm():
+    rewards, groups = torch.tensor([1.0, 0.0, 3.0, 3.0]), torch.tensor([0, 0, 1, 1])
+    assert outcome_advantages(rewards, groups, AlgoConfig(name="rloo")).tolist() == pytest.approx([1, -1, 0, 0])
+    assert outcome_advantages(rewards, groups, AlgoConfig(name="reinforce_pp")).tolist() == [1.0, 0.0, 3.0, 3.0]
+    dr = AlgoConfig(name="gspo", norm_adv_by_std=False)  # GSPO takes GRPO's group advantages, Dr. GRPO switch too
+    assert outcome_advantages(rewards, groups, dr).tolist() == pytest.approx([0.5, -0.5, 0, 0])
+
+
+def test_reinforce_pp_returns_with_kl_and_batch_normalisation_by_hand():
+    # two samples, rewards 1 and 0 on their 2 and 1 response targets; per-token KL 0.5, 0.25 | 1.0; coef 0.1
+    rewards = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    kl = torch.tensor([[0.5, 0.25, 3.0], [1.0, 2.0, 2.0]])
+    returns = kl_returns(rewards, kl, mask, coef=0.1)
+    assert returns.flatten().tolist() == pytest.approx([1 - 0.075, 1 - 0.025, 0.0, -0.1, 0.0, 0.0])
+    # normalised over all three trained tokens, across "ranks" (moments summed from two halves)
+    moments = token_moments(returns[:1], mask[:1]) + token_moments(returns[1:], mask[1:])
+    values = [0.925, 0.975, -0.1]
+    mean = sum(values) / 3
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / 3)
+    out = batch_normalised(returns, mask, moments, eps=0.0)
+    assert out[mask != 0].tolist() == pytest.approx([(v - mean) / std for v in values], rel=1e-5)
+    assert out[mask == 0].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_gspo_sequence_ratio_clip_and_gradient_by_hand():
+    """Sequence 0: token ratios 1.2 and 0.9 (geometric mean sqrt(1.08) = 1.0392), A = +1, band [0.99, 1.01] ->
+    clipped at 1.01, no gradient. Sequence 1: ratio 1 on its 3 tokens, A = -2 -> loss 2 and gradient -A/(3·2)
+    on each token. Normaliser: 2 sequences."""
+    old = torch.zeros(2, 3)
+    logp = torch.log(torch.tensor([[1.2, 0.9, 1.0], [1.0, 1.0, 1.0]])).requires_grad_()
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    seq = torch.tensor([[0, 0, -1], [1, 1, 1]])
+    loss, m = sequence_surrogate(logp, old, torch.tensor([1.0, -2.0]), mask, seq, 0.01, 0.01, normaliser=2.0)
+    assert float(loss.detach()) == pytest.approx((-1.01 + 2.0) / 2, abs=1e-5)
+    assert m["clip_frac"] == pytest.approx(0.5) and m["ratio_mean"] == pytest.approx((math.sqrt(1.08) + 1) / 2)
+    loss.backward()
+    assert logp.grad[0].tolist() == pytest.approx([0.0, 0.0, 0.0])
+    assert logp.grad[1].tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3])  # d/dlogp of (2·s)/3 tokens/2 seqs
+
+
+def test_gspo_gradient_is_the_sequence_level_one_inside_the_band():
+    """Inside the band, the GSPO-token form's gradient equals that of -A·s with s = exp(mean log ratio) itself."""
+    torch.manual_seed(0)
+    logp = (torch.randn(1, 4) * 0.01).requires_grad_()
+    mask = torch.ones(1, 4)
+    loss, _ = sequence_surrogate(logp, torch.zeros(1, 4), torch.tensor([0.7]), mask, torch.zeros(1, 4, dtype=torch.long),
+                                 0.5, 0.5, normaliser=1.0)
+    loss.backward()
+    direct = logp.detach().clone().requires_grad_()
+    (-0.7 * torch.exp(direct.mean())).backward()
+    assert torch.allclose(logp.grad, direct.grad, atol=1e-6)
+
+
+def test_masked_importance_sampling_by_hand():
+    """Ratios π_prox/μ: row 0 = 5, 1, 0.75 (geometric mean 3.75^(1/3) = 1.55); row 1 = 0.25, 0.25 (mean 0.25).
+    Band [1/2, 2]: token_mask drops the 5 and both 0.25s; seq_mask keeps row 0 whole and drops row 1."""
+    prox = torch.log(torch.tensor([[0.5, 0.9, 0.3], [0.1, 0.1, 0.1]]))
+    behaviour = torch.log(torch.tensor([[0.1, 0.9, 0.4], [0.4, 0.4, 0.4]]))
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    w, keep, m = behaviour_correction(prox, behaviour, mask, "token_mask", cap=2.0)
+    assert w.tolist() == [[1.0] * 3] * 2 and keep.tolist() == [[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    assert m["is_rejected_frac"] == pytest.approx(3 / 5)
+    w, keep, m = behaviour_correction(prox, behaviour, mask, "seq_mask", cap=2.0)
+    assert keep.tolist() == [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]] and m["is_rejected_frac"] == pytest.approx(2 / 5)
+    # packed: both sequences in one row, told apart by seq_ids -- the same decision
+    flat = lambda t: t.reshape(1, -1)  # noqa: E731
+    seq = torch.tensor([[0, 0, 0, 1, 1, 1]])
+    _, keep, _ = behaviour_correction(flat(prox), flat(behaviour), flat(mask), "seq_mask", cap=2.0, seq_ids=seq)
+    assert keep.tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0, 0.0]]
+    with pytest.raises(ValueError, match="token_mask or seq_mask"):
+        behaviour_correction(prox, behaviour, mask, "sequence", cap=2.0)
+
+
+def test_packed_layout_matches_the_padded_one():
+    a = Trajectory(0, 0, Problem("q", "a"), [5, 6], [7, 8], "", [-1.0, -2.0], "stop", 0)
+    b = Trajectory(1, 0, Problem("q", "a"), [5], [9, 4, 3], "", [-3.0, -4.0, -5.0], "stop", 0)
+    padded = pack([a, b], torch.tensor([1.0, -1.0]), pad_id=0)
+    packed = pack([a, b], torch.tensor([1.0, -1.0]), pad_id=0, packed=True)
+    assert packed.input_ids.tolist() == [[5, 6, 7, 8, 5, 9, 4, 3]] and packed.attention_mask is None
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2, 3]]
+    # a's last token (8) would predict b's first: no target of either sequence
+    assert packed.seq_ids.tolist() == [[0, 0, 0, -1, 1, 1, 1]]
+    for field in ("response_mask", "behaviour_logprobs", "advantages"):
+        rows = getattr(padded, field)
+        assert getattr(packed, field)[packed.seq_ids >= 0].tolist() == torch.cat([rows[0, :3], rows[1, :3]]).tolist()
+    assert packed.response_mask.sum() == padded.response_mask.sum() == 5
+    assert padded.num_trained_sequences == packed.num_trained_sequences == 2
+
+
+def test_token_budget_micro_batches():
+    assert micro_batches([1, 1, 1], size=2) == [[0, 1], [2]]
+    # padded cost is rows × longest: 3 × 4 > 10 closes the first micro-batch; a too-long sequence goes alone
+    assert micro_batches([2, 3, 4, 4, 20], size=64, token_budget=10) == [[0, 1], [2, 3], [4]]
+    assert micro_batches([2, 3, 4, 4, 20], size=64, token_budget=10, packed=True) == [[0, 1, 2], [3], [4]]

@@ -262,9 +262,14 @@ def test_sft_on_a_worked_episode_trains_on_the_policy_segments_only():
     assert f"<out>{problem.answer}</out>" in tokenizer.decode(ids[0])  # the observation is context
 
 
-def test_environment_tokens_never_receive_gradient(tiny_model_dir):
-    """On the tiny model and the learner's own loss: the gradient at environment positions is exactly 0, and garbage
-    in their behaviour logprobs and advantages (inf, NaN) leaves the loss and every parameter's gradient unchanged."""
+@pytest.mark.parametrize("algo", [AlgoConfig(),  # the prox ratio is e^0.1 here: GSPO's default band would clip it
+                                  AlgoConfig(name="gspo", off_policy="seq_mask", is_cap=1e6, seq_clip_high=1.0),
+                                  AlgoConfig(name="rloo", off_policy="token_mask", is_cap=1e6)],
+                         ids=["grpo", "gspo", "rloo"])
+def test_environment_tokens_never_receive_gradient(tiny_model_dir, algo):
+    """On the tiny model and the learner's own loss (token- and sequence-level): the gradient at environment
+    positions is exactly 0, and garbage in their behaviour logprobs and advantages (inf, NaN) leaves the loss and
+    every parameter's gradient unchanged."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -286,7 +291,7 @@ def test_environment_tokens_never_receive_gradient(tiny_model_dir):
         logits.retain_grad()
         logp = token_logprobs(logits, p.targets)
         loss, _ = policy_loss(logp, logp.detach() - 0.1, p.behaviour_logprobs, p.advantages, p.response_mask,
-                              AlgoConfig(), normaliser=float(p.response_mask.sum()))
+                              p.seq_ids, algo, tokens=float(p.response_mask.sum()), sequences=1.0)
         loss.backward()
         return loss.detach(), logits.grad[env], [q.grad.clone() for q in model.parameters()]
 

@@ -1,4 +1,6 @@
-"""Group-relative advantages (GRPO). Pure functions of tensors; shapes in the docstrings."""
+"""Advantage estimators: group-relative (GRPO, Dr. GRPO), leave-one-out (RLOO), REINFORCE++'s batch-normalised
+returns with an optional per-token KL in the reward, dense process terms, and the length-control reward terms. Pure
+functions of tensors; shapes in the docstrings."""
 
 from __future__ import annotations
 
@@ -27,6 +29,68 @@ def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, norm_by_std:
     sq = torch.zeros(len(counts), dtype=rewards.dtype).index_add_(0, inverse, centered**2)
     std = torch.sqrt(sq / (counts - 1).clamp(min=1))
     return centered / (std[inverse] + eps)
+
+
+def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """RLOO: each sample's reward minus the mean reward of the *other* samples of its group, n/(n-1)·(r - mean).
+    rewards: [B] float; group_ids: [B] int. Returns [B]; a group of one gets 0.
+
+    >>> rloo_advantages(torch.tensor([1., 0., 0., 1., 5.]), torch.tensor([0, 0, 0, 0, 1]))
+    tensor([ 0.6667, -0.6667, -0.6667,  0.6667,  0.0000])
+    """
+    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    sums = torch.zeros(len(counts), dtype=rewards.dtype).index_add_(0, inverse, rewards)
+    n = counts[inverse].to(rewards.dtype)
+    others = (sums[inverse] - rewards) / (n - 1).clamp(min=1)
+    return torch.where(n > 1, rewards - others, torch.zeros_like(rewards))
+
+
+def outcome_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, a: AlgoConfig) -> torch.Tensor:
+    """The per-sample advantage of `a.name`'s estimator, [B] -> [B]: group-normalised for grpo and gspo (centred
+    only with norm_adv_by_std=false), leave-one-out for rloo, the reward itself for reinforce_pp (normalised later
+    over the whole batch's tokens, `batch_normalised`)."""
+    if a.name == "rloo":
+        return rloo_advantages(rewards, group_ids)
+    if a.name == "reinforce_pp":
+        return rewards.clone()
+    return grpo_advantages(rewards, group_ids, a.norm_adv_by_std)
+
+
+def kl_returns(token_rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, coef: float) -> torch.Tensor:
+    """REINFORCE++ with the KL in the reward: each token's return is the outcome reward minus `coef` times the KL
+    estimates of this token and every later one (γ = 1), G_t = R - coef·Σ_{s≥t} kl_s. token_rewards: [B, T], the
+    outcome reward on each response target; kl, mask: [B, T]. Returns [B, T], 0 outside the mask.
+
+    >>> on = torch.tensor([[1., 1., 1., 0.]])
+    >>> kl_returns(on, torch.tensor([[0.1, 0.2, 0.3, 9.]]), on, coef=1.0)
+    tensor([[0.4000, 0.5000, 0.7000, 0.0000]])
+    """
+    per_token = torch.where(mask != 0, kl * mask, torch.zeros_like(kl))
+    to_go = torch.flip(torch.cumsum(torch.flip(per_token, [-1]), -1), [-1])
+    return torch.where(mask != 0, token_rewards - coef * to_go, torch.zeros_like(token_rewards))
+
+
+def token_moments(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[count, sum, sum of squares] of values over the mask's targets: [B, T] -> [3] (summed across micro-batches
+    and ranks, then handed to `batch_normalised`)."""
+    on = mask != 0
+    v = torch.where(on, values, torch.zeros_like(values)).double()
+    return torch.stack([on.sum().double(), v.sum(), (v * v).sum()])
+
+
+def batch_normalised(values: torch.Tensor, mask: torch.Tensor, moments: torch.Tensor, eps: float = 1e-6
+                     ) -> torch.Tensor:
+    """REINFORCE++'s global advantage normalisation: (x - mean) / (std + eps) with the mean and (population) std of
+    the whole batch's trained tokens, `moments` = `token_moments` summed over it. [B, T] -> [B, T], 0 off the mask.
+
+    >>> x, m = torch.tensor([[1., 3., 7.]]), torch.tensor([[1., 1., 0.]])
+    >>> batch_normalised(x, m, token_moments(x, m), eps=0.0)
+    tensor([[-1.,  1.,  0.]])
+    """
+    count, total, squares = moments.tolist()
+    mean = total / max(count, 1.0)
+    std = max(squares / max(count, 1.0) - mean * mean, 0.0) ** 0.5
+    return torch.where(mask != 0, (values - mean) / (std + eps), torch.zeros_like(values))
 
 
 def process_advantages(step_scores: list[list[tuple[int, float]]], group_ids: list[int], lengths: list[int],

@@ -1,8 +1,10 @@
-"""Policy-gradient maths: token logprobs, the clipped surrogate, KL estimators, entropy. Pure and shape-documented.
+"""Policy-gradient maths: token logprobs, the clipped surrogates (token-level PPO/GRPO and GSPO's sequence-level),
+the behaviour-policy corrections, KL estimators, entropy. Pure and shape-documented.
 
-Aggregation is token-level: every loss is a masked *sum* divided by a normaliser the caller passes in (the number of
-response tokens in the whole mini-batch), so gradient accumulation over micro-batches gives exactly the gradient of
-one big batch.
+Aggregation: every loss is a masked *sum* divided by a normaliser the caller passes in (the number of response tokens
+in the whole mini-batch; for GSPO the number of sequences), so gradient accumulation over micro-batches gives exactly
+the gradient of one big batch. Sequence-level terms go through `seq_ids` ([B, T] long: which sequence of the
+micro-batch each target belongs to), so a row may hold one sequence or several packed ones.
 """
 
 from __future__ import annotations
@@ -52,16 +54,74 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
     return loss, metrics
 
 
+def sequence_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                       seq_ids: torch.Tensor, clip_low: float, clip_high: float, normaliser: float,
+                       weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """GSPO: one importance ratio per sequence, the geometric mean s = exp(mean over its masked tokens of
+    log π/π_old), clipped to [1 - low, 1 + high] per sequence; each sequence contributes the token mean of
+    max(-A·s, -A·clip(s)), and the sum over sequences is divided by `normaliser` (sequences in the mini-batch).
+
+    Written in GSPO-token form, s_t = sg(s)·π(y_t)/sg(π(y_t)): its value is s, and its gradient is the sequence-level
+    one (s·mean_t ∇log π(y_t)) while allowing per-token advantages (dense process terms) and weights.
+    logp, old_logp, mask, seq_ids: [B, T] (seq_ids: the sequence of each target, < 0 outside any); advantages: [B]
+    or [B, T]; weights: optional [B, T], outside the clip. Returns (loss, metrics); clip_frac, ratio_mean per sequence.
+
+    Two tokens of one sequence, each with ratio 1.5: s = 1.5, clipped to 1 + 0.28:
+
+    >>> loss, m = sequence_surrogate(torch.log(torch.tensor([[1.5, 1.5]])), torch.zeros(1, 2), torch.tensor([1.0]),
+    ...                              torch.ones(1, 2), torch.zeros(1, 2, dtype=torch.long), 0.2, 0.28, normaliser=1.0)
+    >>> round(float(loss), 4), m["clip_frac"]
+    (-1.28, 1.0)
+    """
+    ids = seq_ids.clamp(min=0)
+    n = int(ids.max()) + 1 if ids.numel() else 1
+    tokens = segment_sum(torch.ones_like(logp), mask, ids, n)
+    seq_log_ratio = segment_sum((logp - old_logp).detach(), mask, ids, n) / tokens.clamp(min=1)
+    ratio = torch.exp(seq_log_ratio[ids] + logp - logp.detach())
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    per_token = torch.maximum(unclipped, clipped) / tokens.clamp(min=1)[ids]
+    if weights is not None:
+        per_token = per_token * weights
+    loss = masked_sum(per_token, mask) / normaliser
+    with torch.no_grad():
+        present = tokens > 0
+        seq_ratio = torch.exp(seq_log_ratio)[present]
+        # clipped: its ratio left the band on the side its advantage pushes it (no gradient from it)
+        clipped_seq = segment_sum((clipped > unclipped).float(), mask, ids, n)[present] > 0
+        metrics = {"clip_frac": float(clipped_seq.float().mean()) if len(seq_ratio) else 0.0,
+                   "ratio_mean": float(seq_ratio.mean()) if len(seq_ratio) else 1.0}
+    return loss, metrics
+
+
+def segment_sum(values: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor, n: int) -> torch.Tensor:
+    """Per sequence: the sum of values * mask over its targets. values, mask, ids: [B, T] (ids in 0..n-1) -> [n].
+
+    >>> segment_sum(torch.tensor([[1., 2., 3.]]), torch.tensor([[1., 1., 0.]]), torch.tensor([[0, 1, 1]]), 2)
+    tensor([1., 2.])
+    """
+    masked = torch.where(mask != 0, values * mask, torch.zeros_like(values))
+    return torch.zeros(n, dtype=masked.dtype, device=masked.device).index_add_(0, ids.reshape(-1), masked.reshape(-1))
+
+
 def behaviour_correction(prox_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor, mode: str,
-                         cap: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+                         cap: float, seq_ids: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Per-token weights for samples drawn by a behaviour policy μ (the engine's weights, possibly versions old; vLLM
     recorded log μ per token) while the clipped ratio is taken against the proximal policy π_prox (the learner's
     weights at the start of this step). w = π_prox / μ:
       none       w = 1: the gap is ignored (exact only when the engine serves the learner's current weights)
       tis        w = min(π_prox/μ, cap): truncated importance sampling (bounded variance, small bias)
       decoupled  w = π_prox/μ, and tokens with w > cap leave the loss: decoupled PPO with AReaL's cap
+      token_mask w = 1, and tokens whose π_prox/μ leaves [1/cap, cap] leave the loss (masked importance sampling)
+      seq_mask   w = 1, and sequences whose geometric-mean ratio exp(mean log π_prox/μ) leaves [1/cap, cap] leave
+                 the loss whole (sequence-level rejection; `seq_ids` [B, T] says which sequence a target is in,
+                 default: one per row)
 
     prox_logp, behaviour_logp, mask: [B, T]. Returns (weights [B, T], mask [B, T], metrics), weights detached.
+    Metrics: the raw ratio's mean and max, the fraction of tokens above the cap, the fraction of tokens the
+    correction took out of the loss, and the k3 estimate of KL(μ || π_prox).
 
     >>> w, keep, m = behaviour_correction(torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.1, 0.9]])),
     ...                                   torch.ones(1, 2), "tis", cap=2.0)
@@ -77,12 +137,23 @@ def behaviour_correction(prox_logp: torch.Tensor, behaviour_logp: torch.Tensor, 
             weights, keep = raw.clamp(max=cap), mask
         elif mode == "decoupled":
             weights, keep = raw, mask * (raw <= cap).float()
+        elif mode == "token_mask":
+            weights, keep = torch.ones_like(raw), mask * ((raw >= 1.0 / cap) & (raw <= cap)).float()
+        elif mode == "seq_mask":
+            ids = (seq_ids if seq_ids is not None else torch.arange(len(raw)).unsqueeze(-1).expand_as(raw)).clamp(min=0)
+            n_seq = int(ids.max()) + 1 if ids.numel() else 1
+            log_raw = torch.where(mask != 0, prox_logp - behaviour_logp, 0.0)
+            geo = torch.exp(segment_sum(log_raw, mask, ids, n_seq) / segment_sum(torch.ones_like(raw), mask, ids,
+                                                                               n_seq).clamp(min=1))
+            weights, keep = torch.ones_like(raw), mask * ((geo >= 1.0 / cap) & (geo <= cap)).float()[ids]
         else:
-            raise ValueError(f"unknown off-policy correction {mode!r}; use none, tis or decoupled")
+            raise ValueError(f"unknown off-policy correction {mode!r}; use none, tis, decoupled, token_mask or "
+                             "seq_mask")
         n = mask.sum().clamp(min=1)
         metrics = {"is_weight_mean": float(masked_sum(raw, mask) / n),
                    "is_weight_max": float(raw[mask != 0].max()) if mask.any() else 1.0,
                    "is_capped_frac": float(capped.sum() / n),
+                   "is_rejected_frac": float(((mask != 0) & (keep == 0)).sum() / n),
                    "behaviour_kl": float(masked_sum(kl_penalty(behaviour_logp, prox_logp, "k3"), mask) / n)}
     return weights, keep, metrics
 
@@ -113,16 +184,24 @@ def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def policy_loss(logp: torch.Tensor, prox_logp: torch.Tensor, behaviour_logp: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, algo, normaliser: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """The GRPO policy loss of one micro-batch: the clipped surrogate against the proximal policy, reweighted for the
-    engine's behaviour policy (`behaviour_correction`), on the tokens of `mask` only (the policy's own response
-    tokens; an environment's tokens are context). `algo`: the AlgoConfig. Exact: what sits outside the mask (an
-    environment token's placeholder behaviour logprob, its advantage) reaches neither the loss nor its gradient."""
+                mask: torch.Tensor, seq_ids: torch.Tensor, algo, tokens: float, sequences: float
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The policy loss of one micro-batch: the clipped surrogate against the proximal policy (token-level, or GSPO's
+    sequence-level with algo.seq_clip_*), reweighted or masked for the engine's behaviour policy
+    (`behaviour_correction`), on the tokens of `mask` only (the policy's own response tokens; an environment's tokens
+    are context). `algo`: the AlgoConfig; `tokens`, `sequences`: the mini-batch's trained tokens and sequences (the
+    normalisers). Exact: what sits outside the mask (an environment token's placeholder behaviour logprob, its
+    advantage) reaches neither the loss nor its gradient."""
     outside = mask == 0
     behaviour_logp = torch.where(outside, prox_logp, behaviour_logp)
     if advantages.dim() == 2:
         advantages = torch.where(outside, 0.0, advantages)
-    weights, keep, stats = behaviour_correction(prox_logp, behaviour_logp, mask, algo.off_policy, algo.is_cap)
-    loss, surrogate_stats = clipped_surrogate(logp, prox_logp, advantages, keep, algo.clip_low, algo.clip_high,
-                                              normaliser, weights)
+    weights, keep, stats = behaviour_correction(prox_logp, behaviour_logp, mask, algo.off_policy, algo.is_cap,
+                                                seq_ids)
+    if algo.name == "gspo":
+        loss, surrogate_stats = sequence_surrogate(logp, prox_logp, advantages, keep, seq_ids, algo.seq_clip_low,
+                                                   algo.seq_clip_high, sequences, weights)
+    else:
+        loss, surrogate_stats = clipped_surrogate(logp, prox_logp, advantages, keep, algo.clip_low, algo.clip_high,
+                                                  tokens, weights)
     return loss, stats | surrogate_stats

@@ -1,8 +1,10 @@
-"""The learner: one DeepSpeed data-parallel rank training the policy with GRPO.
+"""The learner: one DeepSpeed data-parallel rank training the policy (GRPO, RLOO, REINFORCE++, GSPO; STaR's
+supervised steps).
 
 Receives scored trajectory batches (Ray resolves the ObjectRefs it is handed; the driver never holds them), computes
-group-relative advantages, recomputes logprobs under the current policy (reporting their mismatch with the engine's
-behaviour logprobs), and steps the ZeRO optimizer over mini-batches with micro-batch gradient accumulation. Rank 0
+the algorithm's advantages, takes the proximal (and reference) logprobs once before any update, and steps the ZeRO
+optimizer over mini-batches and PPO epochs with micro-batch gradient accumulation (micro-batches by sequence count
+and token budget, padded or packed), reporting the engine/learner logprob mismatch. Rank 0
 publishes the full weights through the weight transport placement chose (`ponder.transport`) after each step; the
 ranks meet at rank 0's node address, on any nodes. A plain class; Ray is applied in
 `platform/cluster.py`. Talks to: transport (weights out), types (trajectories in). Never imports the actors.
@@ -21,9 +23,10 @@ from pathlib import Path
 import torch
 
 from ponder.envs.stats import episode_stats
-from ponder.learner.advantages import grpo_advantages, length_shaping, process_advantages
+from ponder.learner.advantages import (batch_normalised, kl_returns, length_shaping, outcome_advantages,
+                                       process_advantages, token_moments)
 from ponder.data.stream import split_even
-from ponder.learner.batching import Packed, chunks, pack, shard_groups
+from ponder.learner.batching import Packed, micro_batches, pack, shard_groups
 from ponder.learner.sft import encode_example, render_example
 from ponder.learner.losses import entropy, kl_penalty, masked_sum, policy_loss, token_logprobs
 from ponder.storage.checkpoints import CheckpointError, CheckpointTarget
@@ -89,6 +92,10 @@ class LearnerWorker:
         model_path, dtype, _, _ = self.args
         cfg = self.cfg
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[dtype])
+        if cfg.gradient_checkpointing:  # acts in training mode only; the policy's dropout stays as configured (0)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+            model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                       weight_decay=cfg.weight_decay)
         ds_config = {
@@ -136,8 +143,7 @@ class LearnerWorker:
 
     def _supervised_step(self, batch: list[Trajectory]) -> float:
         """One optimizer step on the token-mean NLL of `batch`'s policy tokens (at temperature 1); returns it."""
-        micro = [pack(part, torch.zeros(len(part)), self.tokenizer.pad_token_id, trained=[False] * len(part),
-                      replay=[True] * len(part)) for part in chunks(batch, self.cfg.micro_batch_size)]
+        micro = self._demonstration_micro(batch)
         tokens = float(sum(p.replay_mask.sum() for p in micro).clamp(min=1))
         return self._demonstration_steps(micro, 1.0, tokens, temperature=1.0) / tokens
 
@@ -156,30 +162,48 @@ class LearnerWorker:
             total += float(nll.detach())
         return total
 
+    def _micro(self, trajectories: list[Trajectory]) -> list[list[int]]:
+        """Positions of `trajectories` (in length order) in micro-batches by sequence count and token budget."""
+        lengths = [len(t.prompt_ids) + len(t.response_ids) for t in trajectories]
+        return micro_batches(lengths, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens, self.cfg.packing)
+
+    def _demonstration_micro(self, demos: list[Trajectory]) -> list[Packed]:
+        """Micro-batches of demonstrations, trained on with the replay term only."""
+        demos = sorted(demos, key=lambda t: len(t.prompt_ids) + len(t.response_ids))
+        return [pack([demos[i] for i in part], torch.zeros(len(part)), self.tokenizer.pad_token_id,
+                     trained=[False] * len(part), replay=[True] * len(part), packed=self.cfg.packing)
+                for part in self._micro(demos)]
+
     # -- training ---------------------------------------------------------------------------------------------------
     def train(self, *batches: list[Trajectory], demos: tuple[str, list] | None = None) -> dict[str, float]:
-        """One GRPO step on the scored batches; `demos` = (template, problems): demonstrations replayed with the
-        replay term only (algo.replay_data), this rank's share split over the mini-batches."""
+        """One training step on the scored batches: learner.num_minibatches optimizer steps per pass, ppo_epochs
+        passes, every update clipped against the weights the step started from. `demos` = (template, problems):
+        demonstrations replayed with the replay term only (algo.replay_data), this rank's share split over the
+        mini-batches."""
         everything = [t for batch in batches for t in batch]
         mine = shard_groups(everything, self.cfg.num_ranks, self.rank)
         advantages, dense, trained = self._advantages(mine)
-        metrics: dict[str, list[float]] = {}
         groups = sorted({t.group_id for t in mine})
         shown = split_even(self._demonstrations(*demos)[self.rank :: self.cfg.num_ranks] if demos else [],
                            self.cfg.num_minibatches)
-        for mb, mb_groups in enumerate(chunks(groups, len(groups) // self.cfg.num_minibatches)):
+        minibatches = []
+        for mb, mb_groups in enumerate(split_even(groups, self.cfg.num_minibatches)):
             selected = set(mb_groups)
-            index = [i for i, t in enumerate(mine) if t.group_id in selected]
             # micro-batches of similar lengths: long-tailed responses padded to a short one's length cost little
             # (the loss is a token sum over the mini-batch, so how samples are split does not change the gradient)
-            index.sort(key=lambda i: len(mine[i].prompt_ids) + len(mine[i].response_ids))
+            index = sorted((i for i, t in enumerate(mine) if t.group_id in selected),
+                           key=lambda i: len(mine[i].prompt_ids) + len(mine[i].response_ids))
+            parts = [[index[j] for j in part] for part in self._micro([mine[i] for i in index])]
             micro = [pack([mine[i] for i in part], advantages[part], self.tokenizer.pad_token_id,
                           [dense[i] for i in part] if dense else None, [trained[i] for i in part],
-                          replay=[trained[i] and mine[i].correct for i in part] if self.algo.replay_coef else None)
-                     for part in chunks(index, self.cfg.micro_batch_size)]
-            extra = [pack(part, torch.zeros(len(part)), self.tokenizer.pad_token_id, trained=[False] * len(part),
-                          replay=[True] * len(part)) for part in chunks(shown[mb], self.cfg.micro_batch_size)]
-            self._minibatch_step(micro, metrics, reuse_logprobs=self.cfg.num_minibatches == 1, demos=extra)
+                          [trained[i] and mine[i].correct for i in part] if self.algo.replay_coef else None,
+                          packed=self.cfg.packing) for part in parts]
+            minibatches.append((micro, self._demonstration_micro(shown[mb])))
+        metrics: dict[str, list[float]] = {}
+        self._before_updates([p for micro, _ in minibatches for p in micro])
+        for _ in range(self.cfg.ppo_epochs):
+            for micro, extra in minibatches:
+                self._minibatch_step(micro, metrics, demos=extra)
         out = {k: sum(v) / len(v) for k, v in metrics.items()}
         out.update(grad_norm=float(self.engine.get_global_grad_norm() or 0.0), **rollout_stats(everything))
         if self.algo.overlong_filter:  # truncated samples the step left out of the loss (every rank sees every sample)
@@ -189,10 +213,10 @@ class LearnerWorker:
 
     def _advantages(self, trajectories: list[Trajectory]
                     ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[bool]]:
-        """Group-normalised outcome advantages [B], and with per-step critic scores their dense token-level terms
+        """The estimator's outcome advantages [B], and with per-step critic scores their dense token-level terms
         (times algo.process_coef), and which samples are trained on. RewardPool get the length-control terms first.
         Masked samples (reward infrastructure failed), and with overlong filtering truncated ones, get 0, stay out of
-        group stats and out of the loss."""
+        group stats and out of the loss. reinforce_pp's are the rewards themselves, normalised in `_before_updates`."""
         a = self.algo
         keep = [i for i, t in enumerate(trajectories)
                 if not t.masked and not (a.overlong_filter and t.finish_reason == "length")]
@@ -207,7 +231,7 @@ class LearnerWorker:
                 forced = torch.tensor([float(trajectories[i].forced_answer) for i in keep])
                 rewards = rewards + length_shaping(lengths, caps, forced, a)
             gids = torch.tensor([trajectories[i].group_id for i in keep])
-            advantages[keep] = grpo_advantages(rewards, gids, self.algo.norm_adv_by_std)
+            advantages[keep] = outcome_advantages(rewards, gids, a)
         if self.algo.process_coef and any(t.step_scores for t in trajectories):
             dense = process_advantages([[] if t.masked else t.step_scores for t in trajectories],
                                        [t.group_id for t in trajectories],
@@ -216,53 +240,79 @@ class LearnerWorker:
         kept = set(keep)
         return advantages, dense, [i in kept for i in range(len(trajectories))]
 
-    def _minibatch_step(self, micro: list[Packed], metrics: dict[str, list[float]], reuse_logprobs: bool,
-                        demos: list[Packed] = ()) -> None:
-        """One optimizer step over `micro`. The clipped ratio is taken against the proximal policy (this step's weights
-        before the update: with a single mini-batch per step, this forward's own logprobs, detached; otherwise computed
-        first); `behaviour_correction` reweights for the engine's behaviour logprobs, which may be versions older.
-        `demos`: demonstrations' micro-batches, trained with the replay term only, after the samples'."""
-        normaliser = float(sum(p.response_mask.sum() for p in micro).clamp(min=1))
+    def _before_updates(self, micro: list[Packed]) -> None:
+        """Before the step's first update, on every micro-batch: the proximal logprobs (the weights the step starts
+        from; skipped when a single update lets each forward use its own, detached), the reference model's logprobs,
+        and for reinforce_pp the token returns (KL in the reward) normalised over the whole batch, on every rank."""
+        a = self.algo
+        single_update = self.cfg.num_minibatches == 1 and self.cfg.ppo_epochs == 1 and not a.kl_in_reward
+        for p in micro:
+            if not single_update:
+                p.prox_logprobs = self._logprobs(p, grad=False)[0]
+            if self.reference is not None:
+                with torch.no_grad():
+                    device = self.engine.device
+                    logits = self.reference(**p.model_inputs(device)).logits[:, :-1]
+                    p.ref_logprobs = token_logprobs(logits / self.temperature, p.targets.to(device))
+        if a.name != "reinforce_pp":
+            return
+        for p in micro:
+            if a.kl_in_reward:
+                kl = kl_penalty(p.prox_logprobs, p.ref_logprobs, a.kl_estimator).cpu()
+                p.advantages = kl_returns(p.advantages, kl, p.response_mask, a.kl_coef)
+        moments = torch.stack([torch.zeros(3, dtype=torch.float64)]
+                              + [token_moments(p.advantages, p.response_mask) for p in micro]).sum(0)
+        if self.cfg.num_ranks > 1:  # one normalisation for the whole batch, whichever rank trains a sample
+            import torch.distributed as dist
+
+            dist.all_reduce(moments)
+        for p in micro:
+            p.advantages = batch_normalised(p.advantages, p.response_mask, moments)
+
+    def _minibatch_step(self, micro: list[Packed], metrics: dict[str, list[float]], demos: list[Packed] = ()) -> None:
+        """One optimizer step over `micro`. The clipped ratio is taken against the proximal policy (the weights the
+        step started from: `prox_logprobs`, or with a single update this forward's own, detached);
+        `behaviour_correction` reweights or masks for the engine's behaviour logprobs, which may be versions older.
+        `demos`: demonstrations' micro-batches, trained with the replay term only, after the samples'. The
+        accumulation boundary is set explicitly (micro-batches by token budget vary in number)."""
+        tokens = float(sum(p.response_mask.sum() for p in micro).clamp(min=1))
+        sequences = float(max(sum(p.num_trained_sequences for p in micro), 1))
         replay_tokens = float(sum((p.replay_mask.sum() for p in [*micro, *demos] if p.replay_mask is not None),
                                   torch.tensor(0.0)).clamp(min=1))
-        old = None if reuse_logprobs else [self._logprobs(p, grad=False)[0] for p in micro]
         for i, p in enumerate(micro):
             logp, logits = self._logprobs(p, grad=True)
-            prox_logp = logp.detach() if old is None else old[i]
-            mask = p.response_mask.to(logp.device)
-            loss, stats = policy_loss(logp, prox_logp, p.behaviour_logprobs.to(logp.device),
-                                      p.advantages.to(logp.device), mask, self.algo, normaliser)
+            device = logp.device
+            prox_logp = logp.detach() if p.prox_logprobs is None else p.prox_logprobs
+            mask = p.response_mask.to(device)
+            loss, stats = policy_loss(logp, prox_logp, p.behaviour_logprobs.to(device), p.advantages.to(device), mask,
+                                      p.seq_ids.to(device), self.algo, tokens, sequences)
             stats["pg_loss"] = float(loss.detach())
             if p.replay_mask is not None:  # RL with a replay of verified successes: their NLL, token-mean
-                nll = -masked_sum(logp, p.replay_mask.to(logp.device))
+                nll = -masked_sum(logp, p.replay_mask.to(device))
                 loss = loss + self.algo.replay_coef * nll / replay_tokens
                 if p.replay_mask.any():
                     metrics.setdefault("train/replay_loss", []).append(float(nll.detach() / p.replay_mask.sum()))
             ent = entropy(logits)
             if self.algo.entropy_coef:
-                loss = loss - self.algo.entropy_coef * masked_sum(ent, mask) / normaliser
-            if self.reference is not None:
-                with torch.no_grad():
-                    ref_logits = self.reference(input_ids=p.input_ids.to(logp.device),
-                                                attention_mask=p.attention_mask.to(logp.device)).logits[:, :-1]
-                    ref_logp = token_logprobs(ref_logits / self.temperature, p.targets.to(logp.device))
-                kl = kl_penalty(logp, ref_logp, self.algo.kl_estimator)
-                loss = loss + self.algo.kl_coef * masked_sum(kl, mask) / normaliser
+                loss = loss - self.algo.entropy_coef * masked_sum(ent, mask) / tokens
+            if p.ref_logprobs is not None:
+                kl = kl_penalty(logp, p.ref_logprobs, self.algo.kl_estimator)
+                if not self.algo.kl_in_reward:
+                    loss = loss + self.algo.kl_coef * masked_sum(kl, mask) / tokens
                 stats["kl"] = float(masked_sum(kl.detach(), mask) / mask.sum().clamp(min=1))
-            if demos:  # more micro-batches than DeepSpeed counts on: the optimizer steps after the last demo's
-                self.engine.set_gradient_accumulation_boundary(False)
+            self.engine.set_gradient_accumulation_boundary(i == len(micro) - 1 and not demos)
             self.engine.backward(loss, scale_wrt_gas=False)
             self.engine.step()
             n = mask.sum().clamp(min=1)
             stats.update(loss=float(loss.detach()), entropy=float(masked_sum(ent.detach(), mask) / n),
-                         logprob_mismatch=float(masked_sum((logp.detach() - p.behaviour_logprobs.to(logp.device))
+                         logprob_mismatch=float(masked_sum((logp.detach() - p.behaviour_logprobs.to(device))
                                                            .abs(), mask) / n))
             for k, v in stats.items():
                 metrics.setdefault(f"train/{k}", []).append(v)
         if demos:
             nll = self._demonstration_steps(demos, self.algo.replay_coef, replay_tokens)
             metrics.setdefault("train/replay_data_loss", []).append(nll / float(sum(p.replay_mask.sum() for p in demos)))
-            self.engine.set_gradient_accumulation_boundary(None)  # back to DeepSpeed's own count
+        self.engine.set_gradient_accumulation_boundary(None)  # back to DeepSpeed's own count
 
     def _demonstrations(self, template: str, problems: list) -> list[Trajectory]:
         """Worked solutions (or exported completions) as trajectories the replay term trains on; negative group ids
@@ -278,7 +328,7 @@ class LearnerWorker:
         """Token logprobs [B, L-1] and logits under the current policy, at the sampling temperature unless given."""
         device = self.engine.device
         with torch.set_grad_enabled(grad):
-            logits = self.engine(input_ids=p.input_ids.to(device), attention_mask=p.attention_mask.to(device)).logits
+            logits = self.engine(**p.model_inputs(device)).logits
             logits = logits[:, :-1] / (temperature or self.temperature)
             return token_logprobs(logits, p.targets.to(device)), logits
 

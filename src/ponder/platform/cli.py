@@ -345,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     items_help = "YAML config files and key=value overrides, applied in order over the schema defaults"
-    p = add("train", cmd_train, "Train a policy with GRPO on Ray (vLLM rollouts, DeepSpeed learner); "
-            "pipeline.mode=sync|one_step_off|async chooses how generation and training overlap "
+    p = add("train", cmd_train, "Train a policy on Ray (vLLM rollouts, DeepSpeed learner) with algo.name = grpo, "
+            "rloo, reinforce_pp, gspo or star (docs/algorithms.md); pipeline.mode=sync|one_step_off|async chooses how generation and training overlap "
             "(configs/async.yaml: the demo streaming). Checkpoints go to checkpoint.dir (local or s3://).")
     p.add_argument("items", nargs="*", help=items_help)
     p.add_argument("--resume", metavar="auto|PATH|s3://...|RUN_ID", default=None,

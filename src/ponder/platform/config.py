@@ -181,9 +181,13 @@ class StarConfig:
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    """The algorithm (`name`) and GRPO's maths: advantages and the clipped token-level surrogate."""
+    """The algorithm (`name`): its advantage estimator, its clipped surrogate, the off-policy correction and the
+    reward shaping. docs/algorithms.md says what each name computes."""
 
-    name: str = one_of("grpo", "star", default="grpo")  # star: expert iteration (algo.star)
+    # grpo: group-normalised advantages, token-level clip; rloo: leave-one-out baseline; reinforce_pp: REINFORCE++
+    # (returns normalised over the whole batch, KL optionally in the reward); gspo: group-normalised advantages,
+    # sequence-level ratio and clip (algo.seq_clip_*); star: expert iteration (algo.star)
+    name: str = one_of("grpo", "rloo", "reinforce_pp", "gspo", "star", default="grpo")
     star: StarConfig = field(default_factory=StarConfig)
     # > 0: RL with a replay of verified successes, a supervised term (token-mean NLL) on the step's correct samples
     # added to the GRPO loss with this weight
@@ -191,14 +195,19 @@ class AlgoConfig:
     # with replay_coef: also replay this dataset's worked solutions (or an export's completions) every step
     replay_data: Optional[str] = None
     replay_per_step: int = at_least(1, 32)  # demonstrations from replay_data per step (split over learner ranks)
-    norm_adv_by_std: bool = True  # false = Dr. GRPO (centre rewards, no std scaling)
-    clip_low: float = between(0, 1, 0.2)  # ratio clipped below at 1 - clip_low
-    clip_high: float = at_least(0, 0.28)  # ratio clipped above at 1 + clip_high (DAPO clip-higher)
+    norm_adv_by_std: bool = True  # grpo, gspo: false = Dr. GRPO (centre rewards, no std scaling)
+    clip_low: float = between(0, 1, 0.2)  # token ratio clipped below at 1 - clip_low
+    clip_high: float = at_least(0, 0.28)  # token ratio clipped above at 1 + clip_high (DAPO clip-higher)
+    seq_clip_low: float = between(0, 1, 3e-4)  # gspo: the sequence ratio's band, [1 - low, 1 + high] (GSPO paper's)
+    seq_clip_high: float = at_least(0, 4e-4)
     kl_coef: float = at_least(0, 0.0)  # > 0 loads a frozen reference model and adds a KL penalty
     kl_estimator: str = one_of("k1", "k2", "k3", default="k3")
+    kl_in_reward: bool = False  # reinforce_pp: the KL penalty goes into each token's return instead of the loss
     entropy_coef: float = at_least(0, 0.0)  # > 0 adds an entropy bonus (entropy is always logged)
-    off_policy: str = one_of("none", "tis", "decoupled", default="tis")  # tis: truncated IS; decoupled: decoupled PPO
-    is_cap: float = at_least(1, 2.0)  # tis: importance weights truncated at this; decoupled: tokens above it are masked
+    # The engine's behaviour policy vs the learner's: tis (truncated IS), decoupled (decoupled PPO), token_mask /
+    # seq_mask (tokens / whole sequences whose ratio leaves [1/is_cap, is_cap] leave the loss), none
+    off_policy: str = one_of("none", "tis", "decoupled", "token_mask", "seq_mask", default="tis")
+    is_cap: float = at_least(1, 2.0)  # tis: weights truncated at this; decoupled: tokens above it masked; *_mask: band
     process_coef: float = at_least(0, 1.0)  # weight of dense advantages from per-step critic scores
     # Length control, relative to the cap each sample was generated under (rollout.max_tokens):
     overlong_buffer: int = at_least(0, 0)  # DAPO soft overlong punishment: last N tokens before the cap
@@ -220,7 +229,14 @@ class LearnerConfig:
     beta2: float = between(0, 1, 0.99)
     grad_clip: float = above(0, 1.0)
     micro_batch_size: int = at_least(1, 64)  # sequences per forward/backward; gradients accumulate over a mini-batch
-    num_minibatches: int = at_least(1, 1)  # optimizer steps per training step (> 1: off-policy within the step)
+    # > 0: micro-batches also hold at most this many tokens (padded rows × longest, or the packed row's length)
+    micro_batch_tokens: int = at_least(0, 0)
+    packing: bool = False  # each micro-batch's sequences in one row, no padding (attention kept within each sequence)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
+    num_minibatches: int = at_least(1, 1)  # optimizer steps per pass over the step's samples
+    # passes over the step's samples (PPO epochs); with num_minibatches > 1 or epochs > 1 the later updates are
+    # off-policy against the step's starting weights, and the clip acts
+    ppo_epochs: int = at_least(1, 1)
     num_threads: int = at_least(1, 2)  # torch intra-op threads per rank (CPU)
     cpu_bind: Optional[str] = None  # CPU: cores every rank is pinned to, e.g. "1"; None = no pinning
     num_cpus: float = at_least(0, 1.0)

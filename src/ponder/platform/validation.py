@@ -97,7 +97,7 @@ def validate(cfg: Any) -> None:
     r, lr, t, a, p = cfg.rollout, cfg.learner, cfg.trainer, cfg.algo, cfg.pipeline
     checks = [
         (r.samples_per_prompt == 1 or r.temperature > 0, "rollout.samples_per_prompt > 1 needs rollout.temperature > 0 (greedy samples would be identical)"),
-        (r.samples_per_prompt >= 2 or a.name == "star",
+        (r.samples_per_prompt >= 2 or a.name in ("star", "reinforce_pp"),
          "rollout.samples_per_prompt = 1: advantages are relative to each prompt's group, so with one sample every "
          "advantage is 0 and nothing is learned; use >= 2 (8 is usual)"),
         (r.max_tokens < r.max_model_len, "rollout.max_tokens must be smaller than rollout.max_model_len"),
@@ -155,6 +155,12 @@ def validate(cfg: Any) -> None:
          "algo.name=star does not take multi-turn episodes (rollout.env) yet: use algo.name=grpo for them"),
         (a.name != "star" or not a.kl_coef and not a.replay_coef,
          "algo.kl_coef and algo.replay_coef are GRPO's: set them to 0 with algo.name=star"),
+        (not a.kl_in_reward or a.name == "reinforce_pp" and a.kl_coef > 0,
+         "algo.kl_in_reward puts REINFORCE++'s KL penalty into each token's return: use it with "
+         "algo.name=reinforce_pp and algo.kl_coef > 0 (e.g. 0.01)"),
+        (not lr.packing or lr.micro_batch_tokens > 0,
+         "learner.packing puts each micro-batch in one row of at most learner.micro_batch_tokens tokens: set it "
+         f"(e.g. {r.max_model_len}: a micro-batch of at least one whole sequence)"),
         (not a.replay_data or a.replay_coef > 0,
          "algo.replay_data is replayed with the replay term's weight: set algo.replay_coef > 0 (e.g. 0.1)"),
         (_hint_ok(a.star.hint),
