@@ -1,10 +1,10 @@
 """The learner's algorithms on the embedded task (issue 18), from the demo's SFT warm start: GRPO, Dr. GRPO, RLOO,
-REINFORCE++, GSPO (one update per step, so GSPO's sequence clip and everyone's token clip never act) and GRPO and
+REINFORCE++, GSPO, PPO with its value model (configs/ppo.yaml; one update per step, so no clip acts) and GRPO and
 GSPO with 4 mini-batches per step (the clip acts), the same number of steps each with held-out greedy accuracy every
 2 steps; printed per step and at equal training wall-clock. One run each (one seed): differences of a few points are
 noise on 256 held-out problems.
 
-Usage (nothing else running; ~20 minutes on 2 cores):
+Usage (nothing else running; ~25 minutes on 2 cores):
 
     .venv/bin/python benchmarks/algorithms.py [--steps 12] [--out outputs/bench_algorithms]
 """
@@ -26,6 +26,7 @@ RUNS = {"GRPO": [],
         "RLOO": ["algo.name=rloo"],
         "REINFORCE++": ["algo.name=reinforce_pp"],
         "GSPO": ["algo.name=gspo"],
+        "PPO (value model, 2 warm-up steps)": ["configs/ppo.yaml"],
         "GRPO, 4 mini-batches": ["learner.num_minibatches=4"],
         "GSPO, 4 mini-batches": ["algo.name=gspo", "learner.num_minibatches=4"]}
 

@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
-from ponder.learner.advantages import (batch_normalised, grpo_advantages, kl_returns, outcome_advantages,
-                                       process_advantages, rloo_advantages, token_moments)
+from ponder.learner.advantages import (batch_normalised, gae, grpo_advantages, kl_returns, outcome_advantages,
+                                       process_advantages, rloo_advantages, sample_rewards, token_moments)
 from ponder.learner.batching import micro_batches, pack
 from ponder.platform.config import AlgoConfig
 from ponder.types import Problem, Trajectory
 from ponder.learner.losses import (behaviour_correction, clipped_surrogate, entropy, kl_penalty, sequence_surrogate,
-                                   token_logprobs)
+                                   token_logprobs, value_loss)
 
 
 def test_grpo_advantages_by_hand():
@@ -221,3 +221,41 @@ def test_token_budget_micro_batches():
     # padded cost is rows × longest: 3 × 4 > 10 closes the first micro-batch; a too-long sequence goes alone
     assert micro_batches([2, 3, 4, 4, 20], size=64, token_budget=10) == [[0, 1], [2, 3], [4]]
     assert micro_batches([2, 3, 4, 4, 20], size=64, token_budget=10, packed=True) == [[0, 1, 2], [3], [4]]
+
+
+def test_gae_by_hand_with_discount_and_two_packed_sequences_around_an_environment_token():
+    """Row: sequence 0 = tokens a, b, (environment token), c with values 1, 2, -, 3 and reward 2; sequence 1 = one
+    token, value 0.5, reward 0. γ = 0.9, λ = 0.8. Sequence 0 over its trained tokens a, b, c:
+    δ_c = 2 - 3 = -1, δ_b = 0 + 0.9·3 - 2 = 0.7, δ_a = 0 + 0.9·2 - 1 = 0.8;
+    A_c = -1, A_b = 0.7 + 0.72·(-1) = -0.02, A_a = 0.8 + 0.72·(-0.02) = 0.7856. Sequence 1: A = 0 - 0.5."""
+    outcome = torch.tensor([[2.0, 2.0, 2.0, 2.0, 0.0]])
+    values = torch.tensor([[1.0, 2.0, 99.0, 3.0, 0.5]])
+    mask = torch.tensor([[1.0, 1.0, 0.0, 1.0, 1.0]])
+    seq = torch.tensor([[0, 0, 0, 0, 1]])
+    adv, ret = gae(outcome, values, mask, seq, gamma=0.9, lam=0.8)
+    assert adv[0].tolist() == pytest.approx([0.7856, -0.02, 0.0, -1.0, -0.5], abs=1e-6)
+    assert ret[0].tolist() == pytest.approx([1.7856, 1.98, 0.0, 2.0, 0.0], abs=1e-6)
+    # λ = 1, γ = 1: the advantage is the Monte-Carlo return (the reward) minus the value
+    adv, _ = gae(outcome, values, mask, seq, gamma=1.0, lam=1.0)
+    assert adv[0].tolist() == pytest.approx([1.0, 0.0, 0.0, -1.0, -0.5], abs=1e-6)
+
+
+def test_clipped_value_loss_by_hand():
+    # token 0: V 2 (old 0, clip 0.2 -> 0.2), R 1: max((2-1)^2, (0.2-1)^2) = 1; token 1: V 0 (old 1 -> 0.8), R 0:
+    # max(0, 0.64) = 0.64 (clipped larger); token 2 off the mask
+    loss, m = value_loss(torch.tensor([[2.0, 0.0, 5.0]]), torch.tensor([[0.0, 1.0, 0.0]]),
+                         torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[1.0, 1.0, 0.0]]), clip=0.2, normaliser=2.0)
+    assert float(loss) == pytest.approx(0.5 * (1.0 + 0.64) / 2)
+    assert m["value_clip_frac"] == pytest.approx(0.5)
+
+
+def test_sample_rewards_shape_and_leave_out_what_is_not_trained():
+    def traj(reward, finish="stop", masked=False, length=4):
+        return Trajectory(0, 0, Problem("q", "a"), [1], [2] * length, "", [0.0] * length, finish, 0, reward=reward,
+                          masked=masked, max_tokens=10)
+
+    rewards, trained = sample_rewards([traj(1.0), traj(1.0, masked=True), traj(1.0, "length", length=10)],
+                                      AlgoConfig(overlong_filter=True))
+    assert rewards.tolist() == [1.0, 0.0, 0.0] and trained == [True, False, False]
+    rewards, _ = sample_rewards([traj(1.0, length=10)], AlgoConfig(length_penalty=0.5))
+    assert rewards.tolist() == [0.5]  # 1 - 0.5 · 10/10

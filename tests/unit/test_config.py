@@ -46,6 +46,20 @@ def test_cross_field_rules():
         load_config([], ["algo.off_policy=vtrace"])
     with pytest.raises(ConfigError, match=r"samples_per_prompt = 1: advantages are relative to each prompt's group"):
         load_config([], ["rollout.samples_per_prompt=1"])
+    # the algorithms' own rules
+    for name in ("reinforce_pp", "ppo"):  # no group needed: one sample a prompt is fine
+        assert load_config([], [f"algo.name={name}", "rollout.samples_per_prompt=1"]).algo.name == name
+    with pytest.raises(ConfigError, match=r"algo.kl_in_reward .* algo.name=reinforce_pp and algo.kl_coef > 0"):
+        load_config([], ["algo.kl_in_reward=true", "algo.kl_coef=0.1"])
+    with pytest.raises(ConfigError, match=r"learner.packing .* set it \(e.g. 4096"):
+        load_config([], ["learner.packing=true"])
+    with pytest.raises(ConfigError, match=r"critic.num_ranks \(1\) and then critic.num_minibatches \(3\)"):
+        load_config([], ["algo.name=ppo", "critic.num_minibatches=3"])
+    with pytest.raises(ConfigError, match=r"per-step critic scores .* are not used by it yet"):
+        load_config([], ["algo.name=ppo", "reward.functions=[{name: reward_model, options: {per_step: true}}]"])
+    with pytest.raises(ConfigError, match=r"critic.lr = 0.0: must be > 0"):
+        load_config([], ["critic.lr=0"])
+    assert load_config([], []).critic.lr == 1e-4 and load_config([], []).learner.lr == 5e-5
 
 
 OUT_OF_RANGE = [

@@ -1,5 +1,6 @@
 """Advantage estimators: group-relative (GRPO, Dr. GRPO), leave-one-out (RLOO), REINFORCE++'s batch-normalised
-returns with an optional per-token KL in the reward, dense process terms, and the length-control reward terms. Pure
+returns with an optional per-token KL in the reward, GAE over a learned value model (PPO), dense process terms, and
+the length-control reward terms. Pure
 functions of tensors; shapes in the docstrings."""
 
 from __future__ import annotations
@@ -47,11 +48,11 @@ def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Ten
 
 def outcome_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, a: AlgoConfig) -> torch.Tensor:
     """The per-sample advantage of `a.name`'s estimator, [B] -> [B]: group-normalised for grpo and gspo (centred
-    only with norm_adv_by_std=false), leave-one-out for rloo, the reward itself for reinforce_pp (normalised later
-    over the whole batch's tokens, `batch_normalised`)."""
+    only with norm_adv_by_std=false), leave-one-out for rloo, the reward itself for reinforce_pp and ppo (turned
+    into token advantages later: `kl_returns`/`gae`, then `batch_normalised` over the whole batch's tokens)."""
     if a.name == "rloo":
         return rloo_advantages(rewards, group_ids)
-    if a.name == "reinforce_pp":
+    if a.name in ("reinforce_pp", "ppo"):
         return rewards.clone()
     return grpo_advantages(rewards, group_ids, a.norm_adv_by_std)
 
@@ -68,6 +69,52 @@ def kl_returns(token_rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor
     per_token = torch.where(mask != 0, kl * mask, torch.zeros_like(kl))
     to_go = torch.flip(torch.cumsum(torch.flip(per_token, [-1]), -1), [-1])
     return torch.where(mask != 0, token_rewards - coef * to_go, torch.zeros_like(token_rewards))
+
+
+def gae(outcome: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, seq_ids: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over each sequence's trained tokens, in order (tokens off the mask, such as an
+    environment's, are skipped): the outcome reward arrives after the last token, δ_t = r_t + γ·V_{t+1} − V_t with
+    V after the last token 0, A_t = δ_t + γλ·A_{t+1}; returns R_t = A_t + V_t (the value model's targets).
+    outcome: [B, T], each sequence's reward on its tokens (as `pack` lays advantages); values: [B, T], the value of
+    the state before each target; mask, seq_ids: [B, T] (packed rows hold several sequences). Returns (advantages,
+    returns), [B, T] each, 0 off the mask.
+
+    One sequence of 3 tokens, reward 1, values 0.5, 0.5, 0.5, γ = 1, λ = 0.5: δ = 0, 0, 0.5, so A = 0.125, 0.25, 0.5:
+
+    >>> on = torch.ones(1, 3)
+    >>> a, r = gae(on, torch.full((1, 3), 0.5), on, torch.zeros(1, 3, dtype=torch.long), gamma=1.0, lam=0.5)
+    >>> a.tolist(), r.tolist()
+    ([[0.125, 0.25, 0.5]], [[0.625, 0.75, 1.0]])
+    """
+    on = mask != 0
+    ids = seq_ids[on]
+    if not len(ids):
+        return torch.zeros_like(values), torch.zeros_like(values)
+    order = torch.sort(ids, stable=True).indices  # row-major positions: ascending within each sequence
+    ids = ids[order]
+    counts = torch.bincount(ids)
+    starts = torch.cumsum(counts, 0) - counts
+    col = torch.arange(len(ids)) - starts[ids]
+    rows, width = len(counts), int(counts.max())
+    grid = lambda flat: torch.zeros(rows, width, dtype=values.dtype).index_put_((ids, col), flat)  # noqa: E731
+    v = grid(values[on][order].float())
+    valid = grid(torch.ones(len(ids))) > 0
+    r = torch.zeros(rows, width)
+    last = counts.clamp(min=1) - 1
+    r[torch.arange(rows), last] = grid(outcome[on][order].float())[torch.arange(rows), last]
+    adv = torch.zeros(rows, width)
+    running = torch.zeros(rows)
+    for t in reversed(range(width)):
+        next_v = v[:, t + 1] if t + 1 < width else torch.zeros(rows)
+        next_v = torch.where(valid[:, t + 1], next_v, 0.0) if t + 1 < width else next_v
+        running = torch.where(valid[:, t], r[:, t] + gamma * next_v - v[:, t] + gamma * lam * running, 0.0)
+        adv[:, t] = running
+    flat_adv = torch.empty(len(ids))
+    flat_adv[order] = adv[ids, col]
+    advantages = torch.zeros_like(values, dtype=torch.float32)
+    advantages[on] = flat_adv
+    return advantages, torch.where(on, advantages + values.float(), torch.zeros_like(advantages))
 
 
 def token_moments(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -130,6 +177,26 @@ def process_advantages(step_scores: list[list[tuple[int, float]]], group_ids: li
             start = end
         out.append(token_adv)
     return out
+
+
+def sample_rewards(trajectories: list, a: AlgoConfig) -> tuple[torch.Tensor, list[bool]]:
+    """Each sample's reward with the length-control terms (`length_shaping`), [B], and whether it is trained on:
+    not a masked sample (its reward infrastructure failed), nor with `a.overlong_filter` a truncated one; those get
+    reward 0 here and stay out of every statistic. trajectories: [B] `Trajectory`s."""
+    keep = [i for i, t in enumerate(trajectories)
+            if not t.masked and not (a.overlong_filter and t.finish_reason == "length")]
+    rewards = torch.zeros(len(trajectories))
+    if keep:
+        chosen = [trajectories[i] for i in keep]
+        kept = torch.tensor([t.reward for t in chosen], dtype=torch.float32)
+        if a.overlong_buffer or a.length_penalty or a.budget_penalty:
+            lengths = torch.tensor([len(t.response_ids) for t in chosen], dtype=torch.float32)
+            caps = torch.tensor([t.max_tokens or len(t.response_ids) for t in chosen], dtype=torch.float32).clamp(min=1)
+            forced = torch.tensor([float(t.forced_answer) for t in chosen])
+            kept = kept + length_shaping(lengths, caps, forced, a)
+        rewards[keep] = kept
+    kept_set = set(keep)
+    return rewards, [i in kept_set for i in range(len(trajectories))]
 
 
 def length_shaping(lengths: torch.Tensor, caps: torch.Tensor, forced: torch.Tensor, a: AlgoConfig) -> torch.Tensor:

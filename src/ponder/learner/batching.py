@@ -31,6 +31,14 @@ class Packed:
     position_ids: torch.Tensor | None = None  # [B, L] long when packed: each sequence's own positions from 0
     prox_logprobs: torch.Tensor | None = None  # [B, L-1]: the proximal policy's, set by the learner before updating
     ref_logprobs: torch.Tensor | None = None  # [B, L-1]: the KL reference model's, set by the learner
+    values: torch.Tensor | None = None  # [B, L-1] float (PPO): the value model's value of the state before a target
+    returns: torch.Tensor | None = None  # [B, L-1] float (PPO): the value model's targets, set by the value model
+    spans: tuple[tuple[int, int, int], ...] = ()  # per sequence: (row, first, end) of its response targets
+
+    def response(self, values: torch.Tensor, i: int) -> torch.Tensor:
+        """Sequence i's response-target slice of a [B, L-1] tensor."""
+        row, first, end = self.spans[i]
+        return values[row, first:end]
 
     @property
     def num_trained_sequences(self) -> int:
@@ -49,11 +57,12 @@ class Packed:
 
 def pack(trajectories: list[Trajectory], advantages: torch.Tensor, pad_id: int,
          dense: list[torch.Tensor] | None = None, trained: list[bool] | None = None,
-         replay: list[bool] | None = None, packed: bool = False) -> Packed:
+         replay: list[bool] | None = None, packed: bool = False, values: list[torch.Tensor] | None = None) -> Packed:
     """advantages: [B] aligned with `trajectories`; dense: optional per-sample [response length] additions; trained:
     optional [B], False for samples that leave the policy loss (default: all but reward-masked ones); replay: optional
     [B], True for samples trained on as demonstrations (`replay_mask`: their policy tokens, whether or not trained);
-    packed: one row holding every sequence back to back instead of a padded row each."""
+    packed: one row holding every sequence back to back instead of a padded row each; values: optional per-sample
+    [response length] value-model values (PPO)."""
     lengths = [len(t.prompt_ids) + len(t.response_ids) for t in trajectories]
     rows, width = (1, sum(lengths)) if packed else (len(trajectories), max(lengths))
     ids = torch.full((rows, width), pad_id, dtype=torch.long)
@@ -62,6 +71,8 @@ def pack(trajectories: list[Trajectory], advantages: torch.Tensor, pad_id: int,
     mask, behaviour, token_adv = (torch.zeros((rows, width - 1)) for _ in range(3))
     seq_ids = torch.full((rows, width - 1), -1, dtype=torch.long)
     replay_mask = torch.zeros((rows, width - 1)) if replay is not None else None
+    token_values = torch.zeros((rows, width - 1)) if values is not None else None
+    spans = []
     start = 0
     for i, traj in enumerate(trajectories):
         row, at = (0, start) if packed else (i, 0)
@@ -71,6 +82,7 @@ def pack(trajectories: list[Trajectory], advantages: torch.Tensor, pad_id: int,
         positions[row, at : at + p + r] = torch.arange(p + r)
         seq_ids[row, at : at + p + r - 1] = i  # its last token predicts the next sequence's first: no target of its
         response = slice(at + p - 1, at + p + r - 1)
+        spans.append((row, at + p - 1, at + p + r - 1))
         # environment tokens (budget forcing's forced text) are context, never trained on
         policy = torch.tensor(traj.sampled_mask, dtype=torch.float32) if traj.sampled_mask else 1.0
         if (not traj.masked) if trained is None else trained[i]:  # a sample whose reward failed trains on nothing
@@ -79,10 +91,11 @@ def pack(trajectories: list[Trajectory], advantages: torch.Tensor, pad_id: int,
             replay_mask[row, response] = policy
         behaviour[row, response] = torch.tensor(traj.logprobs, dtype=torch.float32)
         token_adv[row, response] = advantages[i] + (dense[i] if dense is not None else 0.0)
+        if values is not None:
+            token_values[row, response] = values[i]
         start += p + r
-    if packed:
-        return Packed(ids, None, ids[:, 1:], mask, behaviour, token_adv, replay_mask, seq_ids, positions)
-    return Packed(ids, attention, ids[:, 1:], mask, behaviour, token_adv, replay_mask, seq_ids)
+    return Packed(ids, None if packed else attention, ids[:, 1:], mask, behaviour, token_adv, replay_mask, seq_ids,
+                  positions if packed else None, values=token_values, spans=tuple(spans))
 
 
 def micro_batches(lengths: list[int], size: int, token_budget: int = 0, packed: bool = False) -> list[list[int]]:

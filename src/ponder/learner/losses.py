@@ -173,6 +173,26 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> to
     raise ValueError(f"unknown KL estimator {estimator!r}; use k1, k2 or k3")
 
 
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float,
+               normaliser: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO's clipped value loss: 0.5·max((V − R)², (V_old + clip(V − V_old, −clip, clip) − R)²), summed over the
+    mask's targets / normaliser (the mini-batch's trained tokens). values, old_values, returns, mask: [B, T].
+    Returns (loss, metrics: the fraction of tokens where the clipped term was the larger).
+
+    >>> loss, m = value_loss(torch.tensor([[2.0, 0.5]]), torch.tensor([[0.0, 0.5]]), torch.tensor([[1.0, 1.0]]),
+    ...                      torch.ones(1, 2), clip=0.2, normaliser=2.0)
+    >>> round(float(loss), 4), m["value_clip_frac"]  # token 1: max(1, 0.8²) = 1; token 2: 0.25 -> 0.5·1.25 / 2
+    (0.3125, 0.0)
+    """
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    plain_sq, clipped_sq = (values - returns) ** 2, (clipped - returns) ** 2
+    loss = 0.5 * masked_sum(torch.maximum(plain_sq, clipped_sq), mask) / normaliser
+    with torch.no_grad():
+        n = mask.sum().clamp(min=1)
+        metrics = {"value_clip_frac": float(masked_sum((clipped_sq > plain_sq).float(), mask) / n)}
+    return loss, metrics
+
+
 def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sum of values * mask where the mask is not 0. Exact: whatever sits outside the mask (inf, NaN: an environment
     token's placeholder behaviour logprob) adds nothing, to the sum or to its gradient.

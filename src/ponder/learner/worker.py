@@ -1,4 +1,4 @@
-"""The learner: one DeepSpeed data-parallel rank training the policy (GRPO, RLOO, REINFORCE++, GSPO; STaR's
+"""The learner: one DeepSpeed data-parallel rank training the policy (GRPO, RLOO, REINFORCE++, GSPO, PPO; STaR's
 supervised steps).
 
 Receives scored trajectory batches (Ray resolves the ObjectRefs it is handed; the driver never holds them), computes
@@ -12,103 +12,48 @@ ranks meet at rank 0's node address, on any nodes. A plain class; Ray is applied
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ponder.envs.stats import episode_stats
-from ponder.learner.advantages import (batch_normalised, kl_returns, length_shaping, outcome_advantages,
-                                       process_advantages, token_moments)
+from ponder.learner.advantages import (batch_normalised, gae, kl_returns, outcome_advantages, process_advantages,
+                                       sample_rewards, token_moments)
 from ponder.data.stream import split_even
-from ponder.learner.batching import Packed, micro_batches, pack, shard_groups
+from ponder.learner.batching import Packed, pack, shard_groups
+from ponder.learner.rank import DTYPES, DeepSpeedRank
+from ponder.learner.value import Values, key
 from ponder.learner.sft import encode_example, render_example
 from ponder.learner.losses import entropy, kl_penalty, masked_sum, policy_loss, token_logprobs
-from ponder.storage.checkpoints import CheckpointError, CheckpointTarget
-from ponder.platform.config import AlgoConfig, LearnerConfig, parse_cores
-from ponder.seeding import rng_state, set_rng_state
-from ponder.transport import TransportSpec, WeightSender, node_address, open_sender, reads_state, this_node
+from ponder.platform.config import AlgoConfig, LearnerConfig
+from ponder.transport import TransportSpec, WeightSender, open_sender, reads_state
 from ponder.types import Trajectory, WeightsVersion
 
-CALLER_STATE = "driver.json"  # inside a checkpoint: the caller's state, opaque here (the driver's loop position)
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-class LearnerWorker:
+class LearnerWorker(DeepSpeedRank):
     def __init__(self, model_path: str, dtype: str, cfg: LearnerConfig, algo: AlgoConfig, *, rank: int,
                  samples_per_step: int, temperature: float, seed: int):
         """Cheap: the group forms in `setup`, once rank 0 has said where it meets (`rendezvous_address`)."""
-        self.args = (model_path, dtype, samples_per_step, seed)
-        self.cfg, self.algo, self.rank, self.temperature = cfg, algo, rank, temperature
+        super().__init__(model_path, dtype, cfg, rank=rank, samples_per_step=samples_per_step, seed=seed)
+        self.algo, self.temperature = algo, temperature
         self.sender: WeightSender | None = None
         self.transport = ""
-        self.scratch: Path | None = None  # checkpoint staging on this rank's node, once set up
 
-    def rendezvous_address(self) -> tuple[str, int]:
-        """Rank 0: this node's address and a port free on it, where the group's ranks meet (on any node)."""
-        return node_address()
-
-    def node_id(self) -> str:
-        """The Ray node this rank landed on."""
-        return this_node()
-
-    def setup(self, master_addr: str, master_port: int) -> None:
-        """Collective: join the group at rank 0's address, then build the DeepSpeed engine."""
-        model_path, dtype, samples_per_step, seed = self.args
-        cfg, algo, rank = self.cfg, self.algo, self.rank
-        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
-                          WORLD_SIZE=str(cfg.num_ranks), LOCAL_RANK="0")
-        if cfg.cpu_bind is not None:  # keep off the cores given to the engines (they overlap in streaming modes)
-            os.sched_setaffinity(0, parse_cores(cfg.cpu_bind))
-        torch.set_num_threads(cfg.num_threads)
-        torch.manual_seed(seed + rank)
-        import deepspeed
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.on_gpu = torch.cuda.is_available()
-        deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.samples_per_minibatch = samples_per_step // cfg.num_ranks // cfg.num_minibatches
-        self.grad_accum = math.ceil(self.samples_per_minibatch / cfg.micro_batch_size)
-        self._build_engine()
-        self.reference = None
-        if algo.kl_coef > 0:
-            self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[dtype]).eval()
-            self.reference.requires_grad_(False)
-            self.reference.to(self.engine.device)
-        # checkpoint staging on this rank's node (the master port names the group)
-        self.scratch = Path(tempfile.gettempdir()) / f"ponder-learner-{master_port}"
-
-    def _build_engine(self) -> None:
-        """The DeepSpeed engine over the initial model (`model_path`), with a fresh optimizer."""
-        import deepspeed
+    def _load_model(self) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
-        model_path, dtype, _, _ = self.args
-        cfg = self.cfg
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[dtype])
-        if cfg.gradient_checkpointing:  # acts in training mode only; the policy's dropout stays as configured (0)
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
-            model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                      weight_decay=cfg.weight_decay)
-        ds_config = {
-            "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-            "gradient_accumulation_steps": self.grad_accum,
-            "gradient_clipping": cfg.grad_clip,
-            "zero_optimization": {"stage": cfg.zero_stage},
-            "zero_allow_untested_optimizer": True,
-            "bf16": {"enabled": dtype == "bfloat16"},
-            "fp16": {"enabled": dtype == "float16"},
-            "steps_per_print": 1 << 30,
-        }
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        return AutoModelForCausalLM.from_pretrained(self.model_path, dtype=DTYPES[self.dtype])
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        """Collective: join the group, build the engine, and with a KL term load the frozen reference model."""
+        super().setup(master_addr, master_port)
+        self.reference = None
+        if self.algo.kl_coef > 0:
+            self.reference = self._load_model().eval()
+            self.reference.requires_grad_(False)
+            self.reference.to(self.engine.device)
 
     def reset(self) -> None:
         """Collective: back to the initial model with a fresh optimizer (STaR's restart from the base model)."""
@@ -162,11 +107,6 @@ class LearnerWorker:
             total += float(nll.detach())
         return total
 
-    def _micro(self, trajectories: list[Trajectory]) -> list[list[int]]:
-        """Positions of `trajectories` (in length order) in micro-batches by sequence count and token budget."""
-        lengths = [len(t.prompt_ids) + len(t.response_ids) for t in trajectories]
-        return micro_batches(lengths, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens, self.cfg.packing)
-
     def _demonstration_micro(self, demos: list[Trajectory]) -> list[Packed]:
         """Micro-batches of demonstrations, trained on with the replay term only."""
         demos = sorted(demos, key=lambda t: len(t.prompt_ids) + len(t.response_ids))
@@ -175,12 +115,16 @@ class LearnerWorker:
                 for part in self._micro(demos)]
 
     # -- training ---------------------------------------------------------------------------------------------------
-    def train(self, *batches: list[Trajectory], demos: tuple[str, list] | None = None) -> dict[str, float]:
+    def train(self, *batches: list[Trajectory], demos: tuple[str, list] | None = None, values: Values | None = None,
+              update: bool = True) -> dict[str, float]:
         """One training step on the scored batches: learner.num_minibatches optimizer steps per pass, ppo_epochs
         passes, every update clipped against the weights the step started from. `demos` = (template, problems):
         demonstrations replayed with the replay term only (algo.replay_data), this rank's share split over the
-        mini-batches."""
+        mini-batches; `values`: the value model's, for ppo; `update` False: the rollout statistics only (PPO's
+        value-model warm-up)."""
         everything = [t for batch in batches for t in batch]
+        if not update:
+            return rollout_stats(everything)
         mine = shard_groups(everything, self.cfg.num_ranks, self.rank)
         advantages, dense, trained = self._advantages(mine)
         groups = sorted({t.group_id for t in mine})
@@ -197,7 +141,9 @@ class LearnerWorker:
             micro = [pack([mine[i] for i in part], advantages[part], self.tokenizer.pad_token_id,
                           [dense[i] for i in part] if dense else None, [trained[i] for i in part],
                           [trained[i] and mine[i].correct for i in part] if self.algo.replay_coef else None,
-                          packed=self.cfg.packing) for part in parts]
+                          packed=self.cfg.packing,
+                          values=[values[key(mine[i])] for i in part] if values is not None else None)
+                     for part in parts]
             minibatches.append((micro, self._demonstration_micro(shown[mb])))
         metrics: dict[str, list[float]] = {}
         self._before_updates([p for micro, _ in minibatches for p in micro])
@@ -213,37 +159,29 @@ class LearnerWorker:
 
     def _advantages(self, trajectories: list[Trajectory]
                     ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[bool]]:
-        """The estimator's outcome advantages [B], and with per-step critic scores their dense token-level terms
-        (times algo.process_coef), and which samples are trained on. RewardPool get the length-control terms first.
-        Masked samples (reward infrastructure failed), and with overlong filtering truncated ones, get 0, stay out of
-        group stats and out of the loss. reinforce_pp's are the rewards themselves, normalised in `_before_updates`."""
-        a = self.algo
-        keep = [i for i, t in enumerate(trajectories)
-                if not t.masked and not (a.overlong_filter and t.finish_reason == "length")]
+        """The estimator's outcome advantages [B] over the shaped rewards (`sample_rewards`: untrained samples get 0
+        and stay out of group statistics), with per-step critic scores their dense token-level terms (times
+        algo.process_coef), and which samples are trained on. reinforce_pp's and ppo's are the rewards themselves,
+        turned into token advantages in `_before_updates`."""
+        rewards, trained = sample_rewards(trajectories, self.algo)
+        keep = [i for i, on in enumerate(trained) if on]
         advantages = torch.zeros(len(trajectories))
-        dense = None
         if keep:
-            rewards = torch.tensor([trajectories[i].reward for i in keep], dtype=torch.float32)
-            if a.overlong_buffer or a.length_penalty or a.budget_penalty:
-                lengths = torch.tensor([len(trajectories[i].response_ids) for i in keep], dtype=torch.float32)
-                caps = torch.tensor([trajectories[i].max_tokens or len(trajectories[i].response_ids) for i in keep],
-                                    dtype=torch.float32).clamp(min=1)
-                forced = torch.tensor([float(trajectories[i].forced_answer) for i in keep])
-                rewards = rewards + length_shaping(lengths, caps, forced, a)
             gids = torch.tensor([trajectories[i].group_id for i in keep])
-            advantages[keep] = outcome_advantages(rewards, gids, a)
+            advantages[keep] = outcome_advantages(rewards[keep], gids, self.algo)
+        dense = None
         if self.algo.process_coef and any(t.step_scores for t in trajectories):
             dense = process_advantages([[] if t.masked else t.step_scores for t in trajectories],
                                        [t.group_id for t in trajectories],
                                        [len(t.response_ids) for t in trajectories])
             dense = [self.algo.process_coef * d for d in dense]
-        kept = set(keep)
-        return advantages, dense, [i in kept for i in range(len(trajectories))]
+        return advantages, dense, trained
 
     def _before_updates(self, micro: list[Packed]) -> None:
         """Before the step's first update, on every micro-batch: the proximal logprobs (the weights the step starts
         from; skipped when a single update lets each forward use its own, detached), the reference model's logprobs,
-        and for reinforce_pp the token returns (KL in the reward) normalised over the whole batch, on every rank."""
+        and the token advantages of reinforce_pp (returns, KL in the reward) and ppo (GAE over the value model's
+        values), normalised over the whole batch, on every rank."""
         a = self.algo
         single_update = self.cfg.num_minibatches == 1 and self.cfg.ppo_epochs == 1 and not a.kl_in_reward
         for p in micro:
@@ -254,10 +192,12 @@ class LearnerWorker:
                     device = self.engine.device
                     logits = self.reference(**p.model_inputs(device)).logits[:, :-1]
                     p.ref_logprobs = token_logprobs(logits / self.temperature, p.targets.to(device))
-        if a.name != "reinforce_pp":
+        if a.name not in ("reinforce_pp", "ppo"):
             return
         for p in micro:
-            if a.kl_in_reward:
+            if a.name == "ppo":
+                p.advantages, _ = gae(p.advantages, p.values, p.response_mask, p.seq_ids, a.ppo.gamma, a.ppo.lam)
+            elif a.kl_in_reward:
                 kl = kl_penalty(p.prox_logprobs, p.ref_logprobs, a.kl_estimator).cpu()
                 p.advantages = kl_returns(p.advantages, kl, p.response_mask, a.kl_coef)
         moments = torch.stack([torch.zeros(3, dtype=torch.float64)]
@@ -340,17 +280,6 @@ class LearnerWorker:
         return logp[0][p.response_mask[0].bool()].tolist()
 
     # -- weights out --------------------------------------------------------------------------------------------------
-    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Full weights on rank 0 (gathered across ranks under ZeRO-3); None on other ranks. Collective."""
-        import deepspeed
-
-        params = list(self.engine.module.parameters())
-        enabled = self.cfg.zero_stage == 3
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=enabled):
-            if self.rank != 0:
-                return None
-            return {k: v.detach().to("cpu", copy=True) for k, v in self.engine.module.state_dict().items()}
-
     def open_transport(self, spec: TransportSpec) -> None:
         """Every rank: the weight transport the placement chose; rank 0 opens its sender (replacing any before)."""
         if self.sender is not None:
@@ -374,61 +303,10 @@ class LearnerWorker:
         self.tokenizer.save_pretrained(out_dir)
         return out_dir
 
-    # -- checkpoints --------------------------------------------------------------------------------------------------
-    def save_checkpoint(self, target: CheckpointTarget, step: int, caller_state: dict, meta: dict,
-                        export_hf: bool) -> str | None:
-        """Collective. Every rank writes its DeepSpeed state (ZeRO shards of model, optimizer and scheduler) and its
-        RNG state into a staging directory on its own node and uploads it from there (no shared disk needed); rank 0
-        adds the Hugging Face export and `caller_state` (JSON, returned as it was by `load_checkpoint`), and writes the
-        manifest, with `meta`, once every rank's files are up. Returns the checkpoint's URI on rank 0, None elsewhere."""
-        import torch.distributed as dist
-
-        store, staging = target.store(), self.scratch / f"save-{step:08d}-rank{self.rank}"
-        try:
-            self.engine.save_checkpoint(str(staging / "deepspeed"), tag="state", save_latest=False)
-            (staging / "rng").mkdir(parents=True, exist_ok=True)
-            torch.save(rng_state(), staging / "rng" / f"rank_{self.rank}.pt")
-            state = self.full_state_dict() if export_hf else None  # collective under ZeRO-3
-            if self.rank == 0:
-                if state is not None:
-                    self.engine.module.save_pretrained(staging / "hf", state_dict=state)
-                    self.tokenizer.save_pretrained(staging / "hf")
-                (staging / CALLER_STATE).write_text(json.dumps(caller_state))
-                store.begin(step)
-            dist.barrier()  # nothing is uploaded before rank 0 has cleared an earlier save of this step
-            try:
-                part: dict | str = store.upload(step, staging)
-            except Exception as e:  # every rank must reach the gather, or the others wait for ever
-                part = f"rank {self.rank}: {type(e).__name__}: {e}"
-            parts: list = [None] * self.cfg.num_ranks
-            dist.all_gather_object(parts, part)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        failed = [p for p in parts if isinstance(p, str)]
-        if failed:
-            raise CheckpointError(f"checkpoint of step {step} not saved, an upload failed: {'; '.join(failed)}")
-        if self.rank != 0:
-            return None
-        return target.uri(store.commit(step, parts, meta))
-
-    def load_checkpoint(self, target: CheckpointTarget, name: str) -> dict:
-        """Collective. Each rank downloads and verifies the checkpoint, restores its DeepSpeed state and RNG; returns
-        the caller's state saved with it."""
-        local = self.scratch / f"load-{self.rank}"
-        shutil.rmtree(local, ignore_errors=True)
-        try:
-            target.store().load(name, local)
-            self.engine.load_checkpoint(str(local / "deepspeed"), tag="state")
-            set_rng_state(torch.load(local / "rng" / f"rank_{self.rank}.pt"))
-            return json.loads((local / CALLER_STATE).read_text())
-        finally:
-            shutil.rmtree(local, ignore_errors=True)
-
     def close(self) -> None:
         if self.sender is not None:
             self.sender.close()
-        if self.scratch is not None:
-            shutil.rmtree(self.scratch, ignore_errors=True)
+        super().close()
 
 
 def rollout_stats(trajectories: list[Trajectory]) -> dict[str, float]:

@@ -61,6 +61,12 @@ def preflight(cfg: PonderConfig, model_path: str) -> None:
 
     if not model_path.startswith(("s3://", "hf://")):
         check_model_dir(model_path, cfg.rollout.max_model_len)
+    critic_model = cfg.algo.ppo.critic_model
+    if cfg.algo.name == "ppo" and critic_model and not critic_model.startswith(("s3://", "hf://")):
+        try:
+            check_model_dir(critic_model, cfg.rollout.max_model_len)
+        except UsageError as e:
+            raise UsageError(f"algo.ppo.critic_model: {e}") from None
     for spec in cfg.reward.functions:
         try:
             check_options(spec.name, dict(spec.options), cfg.reward.timeout_s)
@@ -138,6 +144,7 @@ def resolve_resume(cfg: PonderConfig, spec: str | None):
                         "checkpoint.dir / trainer.output_dir")
                 print(f"note: replacing the finished run {meta['run_id']}'s checkpoints under {target.url}")
                 store.clear()
+                target.under("critic").store().clear()  # PPO's value model, if the run had one
                 return target, None, None
         else:
             uri = spec
@@ -152,6 +159,7 @@ def resolve_resume(cfg: PonderConfig, spec: str | None):
             meta = target.store().manifest(name)["meta"]
             for newer in target.store().discard_after(name):
                 print(f"note: going on from {name}: removed the later checkpoint {target.uri(newer)}")
+            target.under("critic").store().discard_after(name)  # PPO's value model's follow the policy's
     except (CheckpointError, LookupError) as e:
         raise UsageError(f"--resume {spec}: {e}") from None
     if meta["step"] >= cfg.trainer.steps:  # nothing would be trained (or registered)

@@ -21,8 +21,9 @@ from ponder.actors.buffer import TrajectoryBuffer
 from ponder.actors.critic import JudgeWorker, RewardModelWorker
 from ponder.actors.reward import RewardWorker
 from ponder.actors.rollout import RolloutWorker
+from ponder.learner.value import ValueWorker
 from ponder.learner.worker import LearnerWorker
-from ponder.platform.config import PonderConfig
+from ponder.platform.config import LearnerConfig, PonderConfig
 from ponder.platform.pools import LearnerGroup
 from ponder.rewards.critic import KINDS, with_defaults
 from ponder.transport import TransportSpec, choose, preselect
@@ -83,21 +84,33 @@ class Cluster:
 
     def learner_group(self, model_path: str) -> LearnerGroup:
         """The learner ranks in one placement group (`learner.placement`: pack or spread over nodes), met at rank 0's
-        node address on a port free there, each with its DeepSpeed engine built."""
-        c, t = self.cfg.learner, self.cfg.trainer
-        group = self._placement_group({"CPU": c.num_cpus, "GPU": c.num_gpus, **c.resources}, c.num_ranks, c.placement)
-        cls = ray.remote(LearnerWorker)
+        node address on a port free there, each with its DeepSpeed engine built; with algo.name=ppo the value model's
+        ranks too, a group of their own (the `critic` section)."""
+        cfg = self.cfg
+        samples = cfg.trainer.prompts_per_step * cfg.rollout.samples_per_prompt
+        ranks, group = self._ranks(LearnerWorker, "learner", temperature=cfg.rollout.temperature,
+                                   model_path=model_path, samples_per_step=samples)
+        critic = None
+        if cfg.algo.name == "ppo":
+            critic = LearnerGroup(*self._ranks(ValueWorker, "critic", model_path=model_path, samples_per_step=samples))
+        return LearnerGroup(ranks, group, critic=critic, warmup_steps=cfg.algo.ppo.warmup_steps)
+
+    def _ranks(self, cls, section: str, model_path: str, samples_per_step: int, **extra) -> tuple[list, object]:
+        """The config `section`'s (learner, critic) ranks: actors of the DeepSpeed rank class `cls` in one placement
+        group, set up as one process group; (ranks, placement group)."""
+        c: LearnerConfig = getattr(self.cfg, section)
+        group = self._placement_group({"CPU": c.num_cpus, "GPU": c.num_gpus, **c.resources}, c.num_ranks, c.placement,
+                                      section)
         place = (lambda rank: PlacementGroupSchedulingStrategy(group, rank)) if group is not None else (lambda _: None)
         ranks = self._track([
-            cls.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, resources=dict(c.resources),
-                        scheduling_strategy=place(rank))
-            .remote(model_path, self.cfg.model.dtype, c, self.cfg.algo, rank=rank,
-                    samples_per_step=t.prompts_per_step * self.cfg.rollout.samples_per_prompt,
-                    temperature=self.cfg.rollout.temperature, seed=self.cfg.seed)
+            ray.remote(cls).options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, resources=dict(c.resources),
+                                    scheduling_strategy=place(rank))
+            .remote(model_path, self.cfg.model.dtype, c, self.cfg.algo, rank=rank, samples_per_step=samples_per_step,
+                    seed=self.cfg.seed, **extra)
             for rank in range(c.num_ranks)])
         address = ray.get(ranks[0].rendezvous_address.remote())
         ray.get([rank.setup.remote(*address) for rank in ranks])
-        return LearnerGroup(ranks, group)
+        return ranks, group
 
     def connect_weight_sync(self, learners: LearnerGroup, rollouts: list, shm_dir: str) -> str:
         """Open the weight transport from where the actors landed (`transport.choose`) and return its kind;
@@ -110,7 +123,7 @@ class Cluster:
         ray.get([rank.open_transport.remote(spec) for rank in learners.ranks])
         return kind
 
-    def _placement_group(self, bundle: dict[str, float], count: int, placement: str):
+    def _placement_group(self, bundle: dict[str, float], count: int, placement: str, section: str):
         """`count` bundles reserved at once, packed or spread over nodes; None when a bundle asks for nothing (such
         actors fit anywhere, and Ray refuses empty bundles)."""
         bundle = {k: v for k, v in bundle.items() if v > 0}
@@ -119,19 +132,22 @@ class Cluster:
         group = placement_group([bundle] * count, strategy=placement.upper())
         if not group.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
             remove_placement_group(group)
-            raise RuntimeError(f"{count} learner rank(s) of {bundle} each could not be placed in "
+            raise RuntimeError(f"{count} {section} rank(s) of {bundle} each could not be placed in "
                                f"{PLACEMENT_TIMEOUT_S} s: the cluster lacks those resources (see `ray status`); lower "
-                               "learner.num_ranks / num_cpus / num_gpus or add nodes")
+                               f"{section}.num_ranks / num_cpus / num_gpus or add nodes")
         self.groups.append(group)
         return group
 
     def retire(self, learners: LearnerGroup) -> None:
-        """Stop a learner group and free its placement group (benchmarks and tests make one after another)."""
+        """Stop a learner group (and its value model's) and free its placement group (benchmarks and tests make one
+        after another)."""
         for rank in learners.ranks:
             ray.kill(rank, no_restart=True)
         if learners.placement_group is not None:
             self.groups.remove(learners.placement_group)
             remove_placement_group(learners.placement_group)
+        if learners.critic is not None:
+            self.retire(learners.critic)
 
     def _track(self, handles: list) -> list:
         self.actors.extend(handles)

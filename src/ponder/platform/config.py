@@ -180,15 +180,29 @@ class StarConfig:
 
 
 @dataclass(frozen=True)
+class PpoConfig:
+    """`algo.name=ppo`: token-level advantages from a learned value model (the `critic` section sizes and trains it:
+    its own DeepSpeed ranks, separate actors) by generalised advantage estimation, normalised over the batch."""
+
+    gamma: float = between(0, 1, 1.0)  # discount per token (1: the outcome reward reaches every token undiminished)
+    lam: float = between(0, 1, 0.95)  # GAE's λ: 1 = Monte-Carlo returns minus the value, 0 = one-step TD errors
+    value_clip: float = above(0, 0.2)  # the new value is kept within this of the value the step started from
+    warmup_steps: int = at_least(0, 0)  # the first N training steps train the value model only (the policy waits)
+    critic_model: Optional[str] = None  # the value model's initial weights (a Hugging Face dir); None = model.path
+
+
+@dataclass(frozen=True)
 class AlgoConfig:
     """The algorithm (`name`): its advantage estimator, its clipped surrogate, the off-policy correction and the
     reward shaping. docs/algorithms.md says what each name computes."""
 
     # grpo: group-normalised advantages, token-level clip; rloo: leave-one-out baseline; reinforce_pp: REINFORCE++
     # (returns normalised over the whole batch, KL optionally in the reward); gspo: group-normalised advantages,
-    # sequence-level ratio and clip (algo.seq_clip_*); star: expert iteration (algo.star)
-    name: str = one_of("grpo", "rloo", "reinforce_pp", "gspo", "star", default="grpo")
+    # sequence-level ratio and clip (algo.seq_clip_*); ppo: GAE over a learned value model (algo.ppo, `critic`);
+    # star: expert iteration (algo.star)
+    name: str = one_of("grpo", "rloo", "reinforce_pp", "gspo", "ppo", "star", default="grpo")
     star: StarConfig = field(default_factory=StarConfig)
+    ppo: PpoConfig = field(default_factory=PpoConfig)
     # > 0: RL with a replay of verified successes, a supervised term (token-mean NLL) on the step's correct samples
     # added to the GRPO loss with this weight
     replay_coef: float = at_least(0, 0.0)
@@ -219,7 +233,8 @@ class AlgoConfig:
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    """The DeepSpeed learner. `num_ranks` data-parallel ranks, each a Ray actor."""
+    """The DeepSpeed learner. `num_ranks` data-parallel ranks, each a Ray actor. The `critic` section (PPO's value
+    model, its own ranks) takes the same keys."""
 
     num_ranks: int = at_least(1, 1)
     zero_stage: int = one_of(0, 1, 2, 3, default=2)  # DeepSpeed ZeRO stage 0-3
@@ -341,6 +356,9 @@ class PonderConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    # algo.name=ppo: the value model's own ranks, sized and tuned like the learner's (zero_stage, lr, micro-batches,
+    # mini-batches and epochs over each step's samples, placement)
+    critic: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-4))
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

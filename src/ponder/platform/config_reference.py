@@ -15,16 +15,24 @@ from ponder.platform.validation import field_default
 
 
 def _comments(cls) -> dict[str, str]:
-    """Trailing `# ...` comments on field lines, as written in config.py."""
-    out = {}
+    """Each field's comment as written in config.py: the trailing `# ...` on its line, else the comment lines right
+    above it."""
+    out, above = {}, []
     for line in inspect.getsource(cls).splitlines():
+        if line.strip().startswith("# "):
+            above.append(line.strip()[2:])
+            continue
         code, _, comment = line.partition("  # ")
-        if comment and ":" in code:
-            out[code.strip().split(":")[0]] = comment.strip()
+        if ":" in code and (comment or above):
+            out[code.strip().split(":")[0]] = comment.strip() or " ".join(above)
+        above = []
     return out
 
 
-def render(cls=PonderConfig, prefix: str = "") -> list[str]:
+def render(cls=PonderConfig, prefix: str = "", defaults=None) -> list[str]:
+    """docs/config.md's sections, with the defaults of `defaults` (the schema's default instance: a section may
+    default differently from its class, as `critic` does from `learner`)."""
+    defaults = cls() if defaults is None else defaults
     lines: list[str] = []
     scalars = [f for f in fields(cls) if not is_dataclass(field_default(f))]
     if scalars:
@@ -35,12 +43,12 @@ def render(cls=PonderConfig, prefix: str = "") -> list[str]:
         for f in scalars:
             kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
             valid = f.metadata.get("valid", "")
-            default = field_default(f)
-            lines.append(f"| `{prefix}{f.name}` | `{kind}` | `{default!r}` | {valid} | {notes.get(f.name, '')} |")
+            lines.append(f"| `{prefix}{f.name}` | `{kind}` | `{getattr(defaults, f.name)!r}` | {valid} | "
+                         f"{notes.get(f.name, '')} |")
         lines.append("")
     for f in fields(cls):
         if is_dataclass(field_default(f)):
-            lines += render(type(field_default(f)), f"{prefix}{f.name}.")
+            lines += render(type(field_default(f)), f"{prefix}{f.name}.", getattr(defaults, f.name))
     return lines
 
 

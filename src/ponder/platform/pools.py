@@ -212,15 +212,28 @@ class RewardPool:
 
 class LearnerGroup:
     """The learner's ranks as one (`Cluster.learner_group` makes it). Every call goes to every rank, as DeepSpeed's
-    collectives need, and returns rank 0's answer; a rank's death raises `LearnerLost` at once (`on_learners`)."""
+    collectives need, and returns rank 0's answer; a rank's death raises `LearnerLost` at once (`on_learners`). With
+    PPO, `critic` is the value model's own group, trained beside the policy and checkpointed with it."""
 
-    def __init__(self, ranks: list, placement_group=None):
+    def __init__(self, ranks: list, placement_group=None, critic: Optional["LearnerGroup"] = None,
+                 warmup_steps: int = 0):
         self.ranks, self.placement_group = ranks, placement_group  # the group is removed with it (Cluster.retire)
+        self.critic, self.warmup_steps = critic, warmup_steps
         self.demonstrations: Optional[Callable[[], tuple]] = None  # algo.replay_data: each step's (template, problems)
 
-    def train(self, *batches) -> dict[str, float]:
-        """One optimizer step on these scored batches (refs), with the next demonstrations if any; the metrics."""
-        return self._all("train", *batches, demos=self.demonstrations() if self.demonstrations else None)
+    def train(self, *batches, step: Optional[int] = None) -> dict[str, float]:
+        """Training step `step` on these scored batches (refs), with the next demonstrations if any; the metrics.
+        With a value model: its values of the samples first, then the policy's update and the value model's side by
+        side; during the value model's warm-up (steps up to algo.ppo.warmup_steps) the policy is not updated."""
+        demos = self.demonstrations() if self.demonstrations else None
+        if self.critic is None:
+            return self._all("train", *batches, demos=demos)
+        values = ray.put(self.critic._all("values", *batches))
+        update = step is None or step > self.warmup_steps
+        refs = [rank.train.remote(*batches, demos=demos, values=values, update=update) for rank in self.ranks]
+        refs += [rank.train.remote(*batches, values=values) for rank in self.critic.ranks]
+        results = gather(refs)
+        return {**results[0], **results[len(self.ranks)], "critic/warmup": float(not update)}
 
     def train_supervised(self, batches: list, epochs: int, seed: int) -> dict[str, float]:
         """Fine-tune on these trajectory batches (refs) as demonstrations; the metrics."""
@@ -235,11 +248,16 @@ class LearnerGroup:
         return self._all("publish_weights", version)
 
     def save(self, target, step: int, caller_state: dict, meta: dict, export_hf: bool) -> str:
-        """A checkpoint of `step`, every rank uploading its part from its node; its URI."""
+        """A checkpoint of `step`, every rank uploading its part from its node; its URI. The value model's goes
+        first, under `critic/`: a complete policy checkpoint implies a complete value-model one."""
+        if self.critic is not None:
+            self.critic.save(target.under("critic"), step, {}, meta, export_hf=False)
         return self._all("save_checkpoint", target, step, caller_state, meta, export_hf)
 
     def load(self, target, name: str) -> dict:
-        """Every rank restored from checkpoint `name`; the caller state saved with it."""
+        """Every rank (and the value model's) restored from checkpoint `name`; the caller state saved with it."""
+        if self.critic is not None:
+            self.critic.load(target.under("critic"), name)
         return self._all("load_checkpoint", target, name)
 
     def save_hf(self, out_dir: str) -> str:
@@ -251,9 +269,13 @@ class LearnerGroup:
 
 
 def on_learners(learners: list, call: Callable[[object], object]) -> list:
-    """`call(rank)` on every learner rank; results in rank order. Fails fast: if one rank dies the others may hang in
-    a collective waiting for it, so its death is raised as soon as it is seen (`LearnerLost`)."""
-    refs = [call(rank) for rank in learners]
+    """`call(rank)` on every learner rank; results in rank order (`gather`)."""
+    return gather([call(rank) for rank in learners])
+
+
+def gather(refs: list) -> list:
+    """The results of learner ranks' calls, in order. Fails fast: if one rank dies the others may hang in a
+    collective waiting for it, so its death is raised as soon as it is seen (`LearnerLost`)."""
     results, pending = {}, list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)

@@ -149,7 +149,7 @@ def grpo_step(rollouts: RolloutPool, rewards: RewardPool, learners: LearnerGroup
         scored, reports = rewards.score(generated)
         reward_metrics = merge_counts([r.counts for r in reports])
     with timed(timings, "train"):
-        metrics = learners.train(*scored)
+        metrics = learners.train(*scored, step=step)
     with timed(timings, "weight_sync"):
         rollouts.push(learners.publish(step))
     ledger.generated(len(requests) * sampling.n)
@@ -168,7 +168,7 @@ def streaming_step(pipeline: StreamingRollouts, learners: LearnerGroup, step: in
     with timed(timings, "wait"):
         batch = pipeline.next_batch(step)
     with timed(timings, "train"):
-        metrics = learners.train(*batch.refs)
+        metrics = learners.train(*batch.refs, step=step)
     with timed(timings, "weight_sync"):
         pipeline.push(learners.publish(step))
     metrics.update(batch.metrics, **{f"time/{k}": v for k, v in timings.items()})

@@ -97,7 +97,7 @@ def validate(cfg: Any) -> None:
     r, lr, t, a, p = cfg.rollout, cfg.learner, cfg.trainer, cfg.algo, cfg.pipeline
     checks = [
         (r.samples_per_prompt == 1 or r.temperature > 0, "rollout.samples_per_prompt > 1 needs rollout.temperature > 0 (greedy samples would be identical)"),
-        (r.samples_per_prompt >= 2 or a.name in ("star", "reinforce_pp"),
+        (r.samples_per_prompt >= 2 or a.name in ("star", "reinforce_pp", "ppo"),
          "rollout.samples_per_prompt = 1: advantages are relative to each prompt's group, so with one sample every "
          "advantage is 0 and nothing is learned; use >= 2 (8 is usual)"),
         (r.max_tokens < r.max_model_len, "rollout.max_tokens must be smaller than rollout.max_model_len"),
@@ -161,6 +161,13 @@ def validate(cfg: Any) -> None:
         (not lr.packing or lr.micro_batch_tokens > 0,
          "learner.packing puts each micro-batch in one row of at most learner.micro_batch_tokens tokens: set it "
          f"(e.g. {r.max_model_len}: a micro-batch of at least one whole sequence)"),
+        (a.name != "ppo" or (t.prompts_per_step // cfg.critic.num_ranks) % cfg.critic.num_minibatches == 0 and
+         t.prompts_per_step % cfg.critic.num_ranks == 0,
+         f"trainer.prompts_per_step ({t.prompts_per_step}) must split into whole groups over critic.num_ranks "
+         f"({cfg.critic.num_ranks}) and then critic.num_minibatches ({cfg.critic.num_minibatches})"),
+        (a.name != "ppo" or not any(f.options.get("per_step") for f in cfg.reward.functions),
+         "algo.name=ppo takes outcome rewards; per-step critic scores (options.per_step) are not used by it yet: "
+         "use algo.name=grpo for process rewards"),
         (not a.replay_data or a.replay_coef > 0,
          "algo.replay_data is replayed with the replay term's weight: set algo.replay_coef > 0 (e.g. 0.1)"),
         (_hint_ok(a.star.hint),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -63,6 +63,11 @@ class CheckpointTarget:
 
     def uri(self, name: str) -> str:
         return f"{self.url.rstrip('/')}/{name}"
+
+    def under(self, name: str) -> "CheckpointTarget":
+        """A root of its own inside this one, for a second model's checkpoints (PPO's value model: `critic/`); this
+        root's listing and retention see only its own step_* entries."""
+        return replace(self, url=self.uri(name))
 
 
 def locate(spec: str, endpoint_url: Optional[str] = None, keep_last: int = 2) -> tuple[CheckpointTarget, str]:
