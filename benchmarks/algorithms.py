@@ -12,14 +12,9 @@ Usage (nothing else running; ~25 minutes on 2 cores):
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
-from self_improvement import compare
-
-from ponder.data.tiny_model import build_tiny_model
-from ponder.learner.sft import run_sft
-from ponder.platform.config import load_config
+from self_improvement import compare, prepare
 
 RUNS = {"GRPO": [],
         "Dr. GRPO": ["algo.norm_adv_by_std=false"],
@@ -27,6 +22,7 @@ RUNS = {"GRPO": [],
         "REINFORCE++": ["algo.name=reinforce_pp"],
         "GSPO": ["algo.name=gspo"],
         "PPO (value model, 2 warm-up steps)": ["configs/ppo.yaml"],
+        "PPO, value model lr 1e-3 × 4 epochs": ["configs/ppo.yaml", "critic.lr=1e-3", "critic.ppo_epochs=4"],
         "GRPO, 4 mini-batches": ["learner.num_minibatches=4"],
         "GSPO, 4 mini-batches": ["algo.name=gspo", "learner.num_minibatches=4"]}
 
@@ -38,13 +34,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only these (names as in the table)")
     args = parser.parse_args()
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    common = [f"trainer.steps={args.steps}", "trainer.eval_every=2", "checkpoint.every=0",
-              "trainer.save_final_model=false", f"tracking.uri=sqlite:///{out.resolve()}/mlflow.db",
-              f"tracking.artifact_location={out.resolve()}/artifacts"]
-    base = load_config(["configs/default.yaml"], common)
-    build_tiny_model(base.tiny_model)
-    run_sft(base.sft, base.data)  # the demo's warm start (cached)
+    common = prepare(args.steps, out)  # the demo's warm start (cached)
     runs = {k: v for k, v in RUNS.items() if not args.only or k in args.only}
     compare(runs, common, out, f"benchmarks/algorithms.py --steps {args.steps}")
 

@@ -53,14 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     runs = REPLAY_RUNS if args.replay else RUNS
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    common = [f"trainer.steps={args.steps}", "trainer.eval_every=2", "checkpoint.every=0",
-              "trainer.save_final_model=false", f"tracking.uri=sqlite:///{out.resolve()}/mlflow.db",
-              f"tracking.artifact_location={out.resolve()}/artifacts"]
+    common = prepare(args.steps, out)
     base = load_config(["configs/default.yaml"], common)
-    build_tiny_model(base.tiny_model)
-    run_sft(base.sft, base.data)  # the demo's warm start (cached)
-
     command = f"benchmarks/self_improvement.py --steps {args.steps}{' --replay' * args.replay}"
     results = compare(runs, common, out, command)
 
@@ -85,6 +79,19 @@ def main() -> None:
     print("\n| model | held-out greedy accuracy |\n| --- | --- |")
     for name, value in accuracy.items():
         print(f"| {name} | {value:.3f} |")
+
+
+def prepare(steps: int, out: Path) -> list[str]:
+    """A fresh `out`, the demo's model and SFT warm start (cached), and the overrides every run of a comparison
+    shares: `steps` steps, held-out accuracy every 2, no checkpoints, MLflow under `out`."""
+    shutil.rmtree(out, ignore_errors=True)
+    common = [f"trainer.steps={steps}", "trainer.eval_every=2", "checkpoint.every=0",
+              "trainer.save_final_model=false", f"tracking.uri=sqlite:///{out.resolve()}/mlflow.db",
+              f"tracking.artifact_location={out.resolve()}/artifacts"]
+    base = load_config(["configs/default.yaml"], common)
+    build_tiny_model(base.tiny_model)
+    run_sft(base.sft, base.data)
+    return common
 
 
 def compare(runs: dict[str, list[str]], common: list[str], out: Path, command: str) -> dict:

@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from ponder.learner.value import ValueWorker
 from ponder.learner.worker import LearnerWorker
 from ponder.platform.config import AlgoConfig, LearnerConfig
 from ponder.transport import node_address
@@ -33,16 +34,21 @@ def process_group():
 
 
 @contextmanager
-def learner(model_dir: str, algo: AlgoConfig = AlgoConfig(), **cfg):
-    defaults = dict(zero_stage=2, lr=1e-3, micro_batch_size=8)
-    worker = LearnerWorker(model_dir, "float32", LearnerConfig(**(defaults | cfg)), algo, rank=0,
-                           samples_per_step=GROUPS * GROUP_SIZE, temperature=1.0, seed=0)
+def set_up(cls, model_dir: str, algo: AlgoConfig = AlgoConfig(), dtype: str = "float32", **cfg):
+    """A one-rank DeepSpeed worker of `cls` (the policy's learner or the value model), set up in this process."""
+    extra = {"temperature": 1.0} if cls is LearnerWorker else {}
+    worker = cls(model_dir, dtype, LearnerConfig(**(dict(zero_stage=2, lr=1e-3, micro_batch_size=8) | cfg)), algo,
+                 rank=0, samples_per_step=GROUPS * GROUP_SIZE, seed=0, **extra)
     worker.setup(*node_address())
     try:
         yield worker
     finally:
         worker.engine.destroy()
         worker.close()
+
+
+def learner(model_dir: str, algo: AlgoConfig = AlgoConfig(), **cfg):
+    return set_up(LearnerWorker, model_dir, algo, **cfg)
 
 
 def batch(worker: LearnerWorker, seed: int = 0, groups: int = GROUPS) -> list[Trajectory]:
@@ -67,8 +73,9 @@ def mean_logprob(worker: LearnerWorker, samples: list[Trajectory]) -> float:
 
 @pytest.mark.parametrize("algo", [AlgoConfig(), AlgoConfig(name="rloo"), AlgoConfig(name="gspo"),
                                   AlgoConfig(name="reinforce_pp", kl_coef=0.05, kl_in_reward=True),
-                                  AlgoConfig(name="grpo", off_policy="seq_mask")],
-                         ids=["grpo", "rloo", "gspo", "reinforce_pp_kl_in_reward", "grpo_seq_mask"])
+                                  AlgoConfig(name="grpo", kl_coef=0.05), AlgoConfig(name="grpo", off_policy="seq_mask")],
+                         ids=["grpo", "rloo", "gspo", "reinforce_pp_kl_in_reward", "grpo_kl_reference",
+                              "grpo_seq_mask"])
 def test_each_algorithm_takes_a_real_step_towards_the_rewarded_samples(tiny_model_dir, algo):
     with learner(tiny_model_dir, algo) as worker:
         samples = batch(worker)
@@ -99,6 +106,22 @@ def test_later_minibatches_and_epochs_are_off_policy_and_clipped(tiny_model_dir,
     assert single["train/clip_frac"] == 0.0 and single["train/ratio_mean"] == pytest.approx(1.0)
     assert 0.0 < one["train/clip_frac"] < two["train/clip_frac"]
     assert one["train/ratio_mean"] != pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_bf16_steps_keep_fp32_master_weights(tiny_model_dir, stage):
+    """model.dtype=bfloat16: the module computes in bf16 while ZeRO's optimizer keeps and updates fp32 master
+    weights (ZeRO-3: partitioned), and the step moves towards the rewarded samples."""
+    with set_up(LearnerWorker, tiny_model_dir, dtype="bfloat16", zero_stage=stage) as worker:
+        samples = batch(worker)
+        good, bad = samples[0::2], samples[1::2]
+        before = mean_logprob(worker, good) - mean_logprob(worker, bad)
+        worker.train(samples)
+        optimizer = worker.engine.optimizer
+        masters = optimizer.fp32_partitioned_groups_flat if stage == 3 else optimizer.single_partition_of_fp32_groups
+        assert {p.dtype for p in worker.engine.module.parameters()} == {torch.bfloat16}
+        assert masters and {t.dtype for t in masters} == {torch.float32}
+        assert mean_logprob(worker, good) - mean_logprob(worker, bad) > before + 1e-3
 
 
 def updated_logprobs(model_dir: str, **cfg) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,27 +165,13 @@ def test_every_batch_layout_gives_the_same_update(tiny_model_dir, layout):
     assert torch.allclose(plain, other, atol=2e-5), float((plain - other).abs().max())
 
 
-@contextmanager
-def value_model(model_dir: str, algo: AlgoConfig, **cfg):
-    from ponder.learner.value import ValueWorker
-
-    worker = ValueWorker(model_dir, "float32", LearnerConfig(**(dict(zero_stage=2, lr=1e-3, micro_batch_size=8) | cfg)),
-                         algo, rank=0, samples_per_step=GROUPS * GROUP_SIZE, seed=0)
-    worker.setup(*node_address())
-    try:
-        yield worker
-    finally:
-        worker.engine.destroy()
-        worker.close()
-
-
 def test_ppo_value_model_fits_the_returns_and_the_policy_follows_gae(tiny_model_dir):
     """PPO on the real parts: the value model's values cover every response token; fitted to the GAE returns step
     after step, its loss falls and it explains more of their variance; the policy's step, with GAE advantages over
     those values, moves towards the rewarded samples."""
     algo = AlgoConfig(name="ppo")
-    with learner(tiny_model_dir, algo) as policy, value_model(tiny_model_dir, algo, packing=True,
-                                                              micro_batch_tokens=256) as critic:
+    with learner(tiny_model_dir, algo) as policy, set_up(ValueWorker, tiny_model_dir, algo, packing=True,
+                                                         micro_batch_tokens=256) as critic:
         samples = batch(policy)
         values = critic.values(samples)
         assert {k: len(v) for k, v in values.items()} == {(t.group_id, t.sample_index): len(t.response_ids)

@@ -18,6 +18,14 @@ import torch
 from ponder.types import Trajectory
 
 
+Values = dict[tuple[int, int], torch.Tensor]  # PPO: (group_id, sample_index) -> the value of each response position
+
+
+def sample_key(t: Trajectory) -> tuple[int, int]:
+    """A sample's key within a step, as `Values` are keyed."""
+    return t.group_id, t.sample_index
+
+
 @dataclass
 class Packed:
     input_ids: torch.Tensor  # [B, L] long, right-padded (packed: B = 1, no padding)
@@ -120,15 +128,6 @@ def micro_batches(lengths: list[int], size: int, token_budget: int = 0, packed: 
                 continue
         out.append([i])
     return out
-
-
-def chunks(items: list, size: int) -> list[list]:
-    """Consecutive slices of at most `size`.
-
-    >>> chunks([1, 2, 3, 4, 5], 2)
-    [[1, 2], [3, 4], [5]]
-    """
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def shard_groups(trajectories: list[Trajectory], num_shards: int, shard: int) -> list[Trajectory]:

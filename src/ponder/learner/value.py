@@ -15,14 +15,11 @@ import torch
 
 from ponder.data.stream import split_even
 from ponder.learner.advantages import gae, sample_rewards, token_moments
-from ponder.learner.batching import Packed, pack, shard_groups
+from ponder.learner.batching import Packed, Values, pack, sample_key, shard_groups
 from ponder.learner.losses import masked_sum, value_loss
 from ponder.learner.rank import DTYPES, DeepSpeedRank
 from ponder.platform.config import AlgoConfig, LearnerConfig
 from ponder.types import Trajectory
-
-Values = dict[tuple[int, int], torch.Tensor]  # (group_id, sample_index) -> [response length] values
-
 
 class ValueWorker(DeepSpeedRank):
     def __init__(self, model_path: str, dtype: str, cfg: LearnerConfig, algo: AlgoConfig, *, rank: int,
@@ -55,7 +52,7 @@ class ValueWorker(DeepSpeedRank):
             chosen = [trajectories[i] for i in part]
             out.append((pack(chosen, rewards[part], self.tokenizer.pad_token_id, trained=[trained[i] for i in part],
                              packed=self.cfg.packing,
-                             values=[values[key(t)] for t in chosen] if values is not None else None), chosen))
+                             values=[values[sample_key(t)] for t in chosen] if values is not None else None), chosen))
         return out
 
     def values(self, *batches: list[Trajectory]) -> Values | None:
@@ -67,7 +64,7 @@ class ValueWorker(DeepSpeedRank):
         out: Values = {}
         for p, trajectories in self._packed(mine):
             v = self._values(p, grad=False).cpu()
-            out.update({key(t): p.response(v, i).clone() for i, t in enumerate(trajectories)})
+            out.update({sample_key(t): p.response(v, i).clone() for i, t in enumerate(trajectories)})
         shares: list = [None] * self.cfg.num_ranks
         dist.all_gather_object(shares, out)
         return {k: v for share in shares for k, v in share.items()} if self.rank == 0 else None
@@ -121,7 +118,3 @@ class ValueWorker(DeepSpeedRank):
                 metrics.setdefault(k, []).append(value)
         self.engine.set_gradient_accumulation_boundary(None)
         metrics.setdefault("value_loss", []).append(total)  # the mini-batch's
-
-
-def key(t: Trajectory) -> tuple[int, int]:
-    return t.group_id, t.sample_index

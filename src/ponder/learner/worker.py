@@ -22,9 +22,8 @@ from ponder.envs.stats import episode_stats
 from ponder.learner.advantages import (batch_normalised, gae, kl_returns, outcome_advantages, process_advantages,
                                        sample_rewards, token_moments)
 from ponder.data.stream import split_even
-from ponder.learner.batching import Packed, pack, shard_groups
+from ponder.learner.batching import Packed, Values, pack, sample_key, shard_groups
 from ponder.learner.rank import DTYPES, DeepSpeedRank
-from ponder.learner.value import Values, key
 from ponder.learner.sft import encode_example, render_example
 from ponder.learner.losses import entropy, kl_penalty, masked_sum, policy_loss, token_logprobs
 from ponder.platform.config import AlgoConfig, LearnerConfig
@@ -142,7 +141,7 @@ class LearnerWorker(DeepSpeedRank):
                           [dense[i] for i in part] if dense else None, [trained[i] for i in part],
                           [trained[i] and mine[i].correct for i in part] if self.algo.replay_coef else None,
                           packed=self.cfg.packing,
-                          values=[values[key(mine[i])] for i in part] if values is not None else None)
+                          values=[values[sample_key(mine[i])] for i in part] if values is not None else None)
                      for part in parts]
             minibatches.append((micro, self._demonstration_micro(shown[mb])))
         metrics: dict[str, list[float]] = {}
