@@ -21,6 +21,7 @@ from ponder.learner.rank import DTYPES, DeepSpeedRank
 from ponder.platform.config import AlgoConfig, LearnerConfig
 from ponder.types import Trajectory
 
+
 class ValueWorker(DeepSpeedRank):
     def __init__(self, model_path: str, dtype: str, cfg: LearnerConfig, algo: AlgoConfig, *, rank: int,
                  samples_per_step: int, seed: int):
@@ -76,8 +77,8 @@ class ValueWorker(DeepSpeedRank):
 
         ppo = self.algo.ppo
         mine = shard_groups([t for batch in batches for t in batch], self.cfg.num_ranks, self.rank)
-        minibatches = [[p for p, _ in self._packed([t for t in mine if t.group_id in set(part)], values)]
-                       for part in split_even(sorted({t.group_id for t in mine}), self.cfg.num_minibatches)]
+        minibatches = [[p for p, _ in self._packed([t for t in mine if t.group_id in chosen], values)]
+                       for chosen in map(set, split_even(sorted({t.group_id for t in mine}), self.cfg.num_minibatches))]
         everything = [p for micro in minibatches for p in micro]
         for p in everything:
             _, p.returns = gae(p.advantages, p.values, p.response_mask, p.seq_ids, ppo.gamma, ppo.lam)
