@@ -1,7 +1,6 @@
 """Advantage estimators: group-relative (GRPO, Dr. GRPO), leave-one-out (RLOO), REINFORCE++'s batch-normalised
 returns with an optional per-token KL in the reward, GAE over a learned value model (PPO), dense process terms, and
-the length-control reward terms. Pure
-functions of tensors; shapes in the docstrings."""
+the length-control reward terms. Pure functions of tensors; shapes in the docstrings."""
 
 from __future__ import annotations
 
@@ -21,15 +20,20 @@ def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, norm_by_std:
     >>> grpo_advantages(torch.tensor([1., 0., 0., 1.]), torch.tensor([0, 0, 0, 0]))
     tensor([ 0.8660, -0.8660, -0.8660,  0.8660])
     """
-    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
-    sums = torch.zeros(len(counts), dtype=rewards.dtype).index_add_(0, inverse, rewards)
-    means = sums / counts
-    centered = rewards - means[inverse]
+    centered, inverse, counts = _centred_in_group(rewards, group_ids)
     if not norm_by_std:
         return centered
     sq = torch.zeros(len(counts), dtype=rewards.dtype).index_add_(0, inverse, centered**2)
     std = torch.sqrt(sq / (counts - 1).clamp(min=1))
     return centered / (std[inverse] + eps)
+
+
+def _centred_in_group(rewards: torch.Tensor, group_ids: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each reward minus its group's mean [B], each sample's group index [B], and the groups' sizes [G]."""
+    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    sums = torch.zeros(len(counts), dtype=rewards.dtype).index_add_(0, inverse, rewards)
+    return rewards - (sums / counts)[inverse], inverse, counts
 
 
 def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
@@ -39,11 +43,9 @@ def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Ten
     >>> rloo_advantages(torch.tensor([1., 0., 0., 1., 5.]), torch.tensor([0, 0, 0, 0, 1]))
     tensor([ 0.6667, -0.6667, -0.6667,  0.6667,  0.0000])
     """
-    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
-    sums = torch.zeros(len(counts), dtype=rewards.dtype).index_add_(0, inverse, rewards)
+    centered, inverse, counts = _centred_in_group(rewards, group_ids)
     n = counts[inverse].to(rewards.dtype)
-    others = (sums[inverse] - rewards) / (n - 1).clamp(min=1)
-    return torch.where(n > 1, rewards - others, torch.zeros_like(rewards))
+    return torch.where(n > 1, centered * n / (n - 1).clamp(min=1), torch.zeros_like(rewards))
 
 
 def outcome_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, a: AlgoConfig) -> torch.Tensor:
@@ -91,29 +93,22 @@ def gae(outcome: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, seq_ids
     ids = seq_ids[on]
     if not len(ids):
         return torch.zeros_like(values), torch.zeros_like(values)
-    order = torch.sort(ids, stable=True).indices  # row-major positions: ascending within each sequence
+    # each sequence's trained tokens as one row of a grid, in order (row-major positions ascend within a sequence)
+    order = torch.sort(ids, stable=True).indices
     ids = ids[order]
     counts = torch.bincount(ids)
-    starts = torch.cumsum(counts, 0) - counts
-    col = torch.arange(len(ids)) - starts[ids]
+    col = torch.arange(len(ids)) - (torch.cumsum(counts, 0) - counts)[ids]
     rows, width = len(counts), int(counts.max())
-    grid = lambda flat: torch.zeros(rows, width, dtype=values.dtype).index_put_((ids, col), flat)  # noqa: E731
-    v = grid(values[on][order].float())
-    valid = grid(torch.ones(len(ids))) > 0
-    r = torch.zeros(rows, width)
-    last = counts.clamp(min=1) - 1
-    r[torch.arange(rows), last] = grid(outcome[on][order].float())[torch.arange(rows), last]
-    adv = torch.zeros(rows, width)
-    running = torch.zeros(rows)
+    v = torch.zeros(rows, width + 1).index_put_((ids, col), values[on][order].float())  # V = 0 past each end
+    last = col == counts[ids] - 1
+    r = torch.zeros(rows, width).index_put_((ids[last], col[last]), outcome[on][order].float()[last])
+    valid = torch.zeros(rows, width, dtype=torch.bool).index_put_((ids, col), torch.tensor(True))
+    adv, running = torch.zeros(rows, width), torch.zeros(rows)
     for t in reversed(range(width)):
-        next_v = v[:, t + 1] if t + 1 < width else torch.zeros(rows)
-        next_v = torch.where(valid[:, t + 1], next_v, 0.0) if t + 1 < width else next_v
-        running = torch.where(valid[:, t], r[:, t] + gamma * next_v - v[:, t] + gamma * lam * running, 0.0)
+        running = torch.where(valid[:, t], r[:, t] + gamma * v[:, t + 1] - v[:, t] + gamma * lam * running, 0.0)
         adv[:, t] = running
-    flat_adv = torch.empty(len(ids))
-    flat_adv[order] = adv[ids, col]
     advantages = torch.zeros_like(values, dtype=torch.float32)
-    advantages[on] = flat_adv
+    advantages[on] = adv[ids, col][torch.argsort(order)]
     return advantages, torch.where(on, advantages + values.float(), torch.zeros_like(advantages))
 
 
@@ -134,10 +129,19 @@ def batch_normalised(values: torch.Tensor, mask: torch.Tensor, moments: torch.Te
     >>> batch_normalised(x, m, token_moments(x, m), eps=0.0)
     tensor([[-1.,  1.,  0.]])
     """
+    mean, std = mean_std(moments)
+    return torch.where(mask != 0, (values - mean) / (std + eps), torch.zeros_like(values))
+
+
+def mean_std(moments: torch.Tensor) -> tuple[float, float]:
+    """The mean and population std of what `token_moments` summed: [3] -> (mean, std).
+
+    >>> mean_std(torch.tensor([4.0, 8.0, 20.0]))  # values 1, 1, 3, 3
+    (2.0, 1.0)
+    """
     count, total, squares = moments.tolist()
     mean = total / max(count, 1.0)
-    std = max(squares / max(count, 1.0) - mean * mean, 0.0) ** 0.5
-    return torch.where(mask != 0, (values - mean) / (std + eps), torch.zeros_like(values))
+    return mean, max(squares / max(count, 1.0) - mean * mean, 0.0) ** 0.5
 
 
 def process_advantages(step_scores: list[list[tuple[int, float]]], group_ids: list[int], lengths: list[int],

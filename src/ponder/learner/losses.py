@@ -73,10 +73,7 @@ def sequence_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: t
     >>> round(float(loss), 4), m["clip_frac"]
     (-1.28, 1.0)
     """
-    ids = seq_ids.clamp(min=0)
-    n = int(ids.max()) + 1 if ids.numel() else 1
-    tokens = segment_sum(torch.ones_like(logp), mask, ids, n)
-    seq_log_ratio = segment_sum((logp - old_logp).detach(), mask, ids, n) / tokens.clamp(min=1)
+    seq_log_ratio, tokens, ids = sequence_means((logp - old_logp).detach(), mask, seq_ids)
     ratio = torch.exp(seq_log_ratio[ids] + logp - logp.detach())
     adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
     unclipped = -adv * ratio
@@ -89,7 +86,7 @@ def sequence_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: t
         present = tokens > 0
         seq_ratio = torch.exp(seq_log_ratio)[present]
         # clipped: its ratio left the band on the side its advantage pushes it (no gradient from it)
-        clipped_seq = segment_sum((clipped > unclipped).float(), mask, ids, n)[present] > 0
+        clipped_seq = segment_sum((clipped > unclipped).float(), mask, ids, len(tokens))[present] > 0
         metrics = {"clip_frac": float(clipped_seq.float().mean()) if len(seq_ratio) else 0.0,
                    "ratio_mean": float(seq_ratio.mean()) if len(seq_ratio) else 1.0}
     return loss, metrics
@@ -103,6 +100,20 @@ def segment_sum(values: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor, n: 
     """
     masked = torch.where(mask != 0, values * mask, torch.zeros_like(values))
     return torch.zeros(n, dtype=masked.dtype, device=masked.device).index_add_(0, ids.reshape(-1), masked.reshape(-1))
+
+
+def sequence_means(values: torch.Tensor, mask: torch.Tensor, seq_ids: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per sequence, the mean of values over its masked targets [n] and their count [n]; and seq_ids [B, T] made
+    indices into those (a target outside any sequence, < 0, is off the mask and reads sequence 0).
+
+    >>> sequence_means(torch.tensor([[1., 3., 5.]]), torch.ones(1, 3), torch.tensor([[0, 0, 1]]))[:2]
+    (tensor([2., 5.]), tensor([2., 1.]))
+    """
+    ids = seq_ids.clamp(min=0)
+    n = int(ids.max()) + 1 if ids.numel() else 1
+    tokens = segment_sum(torch.ones_like(values), mask, ids, n)
+    return segment_sum(values, mask, ids, n) / tokens.clamp(min=1), tokens, ids
 
 
 def behaviour_correction(prox_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor, mode: str,
@@ -140,11 +151,9 @@ def behaviour_correction(prox_logp: torch.Tensor, behaviour_logp: torch.Tensor, 
         elif mode == "token_mask":
             weights, keep = torch.ones_like(raw), mask * ((raw >= 1.0 / cap) & (raw <= cap)).float()
         elif mode == "seq_mask":
-            ids = (seq_ids if seq_ids is not None else torch.arange(len(raw)).unsqueeze(-1).expand_as(raw)).clamp(min=0)
-            n_seq = int(ids.max()) + 1 if ids.numel() else 1
-            log_raw = torch.where(mask != 0, prox_logp - behaviour_logp, 0.0)
-            geo = torch.exp(segment_sum(log_raw, mask, ids, n_seq) / segment_sum(torch.ones_like(raw), mask, ids,
-                                                                               n_seq).clamp(min=1))
+            rows = torch.arange(len(raw)).unsqueeze(-1).expand_as(raw)
+            mean_log, _, ids = sequence_means(prox_logp - behaviour_logp, mask, seq_ids if seq_ids is not None else rows)
+            geo = torch.exp(mean_log)
             weights, keep = torch.ones_like(raw), mask * ((geo >= 1.0 / cap) & (geo <= cap)).float()[ids]
         else:
             raise ValueError(f"unknown off-policy correction {mode!r}; use none, tis, decoupled, token_mask or "

@@ -57,8 +57,7 @@ class DeepSpeedRank:
         import deepspeed
         from transformers import AutoTokenizer
 
-        self.on_gpu = torch.cuda.is_available()
-        deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.samples_per_minibatch = self.samples_per_step // cfg.num_ranks // cfg.num_minibatches
         self.grad_accum = math.ceil(self.samples_per_minibatch / cfg.micro_batch_size)
@@ -91,9 +90,14 @@ class DeepSpeedRank:
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
 
     def _micro(self, trajectories: list[Trajectory]) -> list[list[int]]:
-        """Positions of `trajectories` (in length order) in micro-batches by sequence count and token budget."""
+        """Indices of `trajectories` in micro-batches by sequence count and token budget, taken in length order so
+        that similar lengths share one (long-tailed responses padded to a short one's length cost little; the loss is
+        a token sum over the mini-batch, so how samples are split does not change the gradient)."""
         lengths = [len(t.prompt_ids) + len(t.response_ids) for t in trajectories]
-        return micro_batches(lengths, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens, self.cfg.packing)
+        order = sorted(range(len(trajectories)), key=lengths.__getitem__)
+        parts = micro_batches([lengths[i] for i in order], self.cfg.micro_batch_size, self.cfg.micro_batch_tokens,
+                              self.cfg.packing)
+        return [[order[j] for j in part] for part in parts]
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Full weights on rank 0 (gathered across ranks under ZeRO-3); None on other ranks. Collective."""

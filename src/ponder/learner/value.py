@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ponder.data.stream import split_even
-from ponder.learner.advantages import gae, sample_rewards, token_moments
+from ponder.learner.advantages import gae, mean_std, sample_rewards, token_moments
 from ponder.learner.batching import Packed, Values, pack, sample_key, shard_groups
 from ponder.learner.losses import masked_sum, value_loss
 from ponder.learner.rank import DTYPES, DeepSpeedRank
@@ -44,9 +44,8 @@ class ValueWorker(DeepSpeedRank):
 
     def _packed(self, trajectories: list[Trajectory], values: Values | None = None
                 ) -> list[tuple[Packed, list[Trajectory]]]:
-        """Samples (length-sorted) in micro-batches with their trajectories; each sample's reward on its tokens as
-        `advantages` (length shaping applied, untrained samples off the mask, as the policy's learner has them)."""
-        trajectories = sorted(trajectories, key=lambda t: len(t.prompt_ids) + len(t.response_ids))
+        """Samples in micro-batches with their trajectories; each sample's reward on its tokens as `advantages`
+        (length shaping applied, untrained samples off the mask, as the policy's learner has them)."""
         rewards, trained = sample_rewards(trajectories, self.algo)
         out = []
         for part in self._micro(trajectories):
@@ -94,10 +93,9 @@ class ValueWorker(DeepSpeedRank):
             for micro in minibatches:
                 self._step(micro, metrics)
         out = {f"critic/{k}": sum(v) / len(v) for k, v in metrics.items()}
-        (n, r_sum, r_sq), (_, e_sum, e_sq) = moments.tolist()
-        variance = lambda total, squares: squares / max(n, 1) - (total / max(n, 1)) ** 2  # noqa: E731
-        out["critic/explained_variance"] = 1.0 - variance(e_sum, e_sq) / max(variance(r_sum, r_sq), 1e-8)
-        out["critic/return_mean"] = r_sum / max(n, 1)
+        (return_mean, return_std), (_, error_std) = mean_std(moments[0]), mean_std(moments[1])
+        out["critic/explained_variance"] = 1.0 - error_std**2 / max(return_std**2, 1e-8)
+        out["critic/return_mean"] = return_mean
         return out
 
     def _step(self, micro: list[Packed], metrics: dict[str, list[float]]) -> None:

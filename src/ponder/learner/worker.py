@@ -76,11 +76,11 @@ class LearnerWorker(DeepSpeedRank):
             for _ in range(epochs):
                 order = rng.sample(mine, len(mine))
                 for part in split_even(order, per_epoch):
-                    batch = sorted(part or order[:1], key=lambda t: len(t.prompt_ids) + len(t.response_ids))
+                    batch = part or order[:1]
                     tokens += sum(len(t.prompt_ids) + len(t.response_ids) for t in batch)
                     losses.append(self._supervised_step(batch))
         finally:
-            self.engine.set_gradient_accumulation_boundary(None)  # back to DeepSpeed's own count (GRPO steps)
+            self.engine.set_gradient_accumulation_boundary(None)
         return {"train/sft_loss": sum(losses) / len(losses), "train/sft_steps": float(len(losses)),
                 "train/tokens": float(tokens),  # this rank's share (all of it on one rank)
                 "grad_norm": float(self.engine.get_global_grad_norm() or 0.0)}
@@ -94,8 +94,8 @@ class LearnerWorker(DeepSpeedRank):
     def _demonstration_steps(self, micro: list[Packed], weight: float, normaliser: float,
                              temperature: float | None = None) -> float:
         """Backward and step `weight` × NLL(replay_mask tokens) / `normaliser` over `micro`, the optimizer stepping
-        after the last (the accumulation boundary is set here: these micro-batches are not the ones DeepSpeed
-        counts on). Returns the summed NLL."""
+        after the last (the accumulation boundary is set explicitly, as everywhere in this learner). Returns the summed
+        NLL."""
         total = 0.0
         for i, p in enumerate(micro):
             self.engine.set_gradient_accumulation_boundary(i == len(micro) - 1)
@@ -108,7 +108,6 @@ class LearnerWorker(DeepSpeedRank):
 
     def _demonstration_micro(self, demos: list[Trajectory]) -> list[Packed]:
         """Micro-batches of demonstrations, trained on with the replay term only."""
-        demos = sorted(demos, key=lambda t: len(t.prompt_ids) + len(t.response_ids))
         return [pack([demos[i] for i in part], torch.zeros(len(part)), self.tokenizer.pad_token_id,
                      trained=[False] * len(part), replay=[True] * len(part), packed=self.cfg.packing)
                 for part in self._micro(demos)]
@@ -132,10 +131,7 @@ class LearnerWorker(DeepSpeedRank):
         minibatches = []
         for mb, mb_groups in enumerate(split_even(groups, self.cfg.num_minibatches)):
             selected = set(mb_groups)
-            # micro-batches of similar lengths: long-tailed responses padded to a short one's length cost little
-            # (the loss is a token sum over the mini-batch, so how samples are split does not change the gradient)
-            index = sorted((i for i, t in enumerate(mine) if t.group_id in selected),
-                           key=lambda i: len(mine[i].prompt_ids) + len(mine[i].response_ids))
+            index = [i for i, t in enumerate(mine) if t.group_id in selected]
             parts = [[index[j] for j in part] for part in self._micro([mine[i] for i in index])]
             micro = [pack([mine[i] for i in part], advantages[part], self.tokenizer.pad_token_id,
                           [dense[i] for i in part] if dense else None, [trained[i] for i in part],
